@@ -12,6 +12,9 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" stigg.control)
 
 PG_CONFIG ?= pg_config
 
+# pg_regress tests (sql/, expected/); TAP tests are test/t/*.pl
+REGRESS = input_validation entitlements deny_reasons
+
 # Targets that drive a whole run (packages, cluster, sidecar). They must work
 # before pg_config exists, so PGXS is only read for the build targets.
 DRIVER_GOALS := deps check demo demo-stop bench
@@ -23,7 +26,7 @@ deps:
 check: deps
 	$(MAKE) all
 	$(MAKE) install
-	test/scripts/check.sh
+	REGRESS="$(REGRESS)" test/scripts/check.sh
 demo: deps
 	$(MAKE) all
 	$(MAKE) install
@@ -58,7 +61,6 @@ OBJS = \
 DATA = $(wildcard stigg--*.sql)
 PGFILEDESC = "stigg - Stigg entitlements and usage metering"
 
-REGRESS = input_validation entitlements deny_reasons
 REGRESS_OPTS = --inputdir=.
 
 PG_CPPFLAGS = -I$(GEN) -Isrc -std=gnu99

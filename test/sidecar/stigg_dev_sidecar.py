@@ -130,9 +130,15 @@ class Store:
             self.measurements = []
             for cid, cust in self.customers.items():
                 for sub in cust.get("subscriptions", []):
+                    # usage is a number, or {"value": n, "at": time} for usage
+                    # counted at another time (in an earlier reset period, say)
                     for fid, value in sub.get("usage", {}).items():
+                        at = None
+                        if isinstance(value, dict):
+                            at = parse_time(value.get("at"))
+                            value = value["value"]
                         key = (cid, sub.get("resource") or "", fid)
-                        self.usage[key] = [float(value), self.period_key(cid, sub.get("resource"), fid)]
+                        self.usage[key] = [float(value), self.period_key(cid, sub.get("resource"), fid, at)]
 
     def validate(self):
         for fid, f in self.features.items():
@@ -186,20 +192,22 @@ class Store:
                 if fid not in seen:
                     seen[fid] = (dict(e), sub)
         for fid, e in c.get("entitlementOverrides", {}).items():
+            if fid not in seen and e.get("denied"):
+                continue        # nothing to deny in this scope
             base = seen.get(fid, ({}, None))
             merged = dict(base[0])
             merged.update(e)
             seen[fid] = (merged, base[1])
         return [(fid, e, sub) for fid, (e, sub) in seen.items()]
 
-    def period_key(self, cid, rid, fid):
-        """Start of the current reset period of (customer, resource, feature), or None."""
+    def period_key(self, cid, rid, fid, at=None):
+        """The reset period of (customer, resource, feature) around at (default now), or None."""
         try:
             for f, e, sub in self.entitlements_of(cid, rid):
                 if f == fid and e.get("resetPeriod"):
                     anchor = parse_time(sub.get("startDate")) if sub else None
                     anchor = anchor or parse_time("2020-01-01T00:00:00Z")
-                    return current_period(anchor, e["resetPeriod"], self.now())
+                    return current_period(anchor, e["resetPeriod"], at or self.now())
         except DenyError:
             pass
         return None
