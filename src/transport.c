@@ -501,8 +501,12 @@ check_response(StiggCallResult *result)
 }
 
 /*
- * One attempt. Returns whether it ran on a connection that an earlier call
- * had opened, which decides whether a failure may be retried.
+ * One attempt. Returns whether a failure may be retried on a new connection:
+ * the call meant to reuse a connection and either that connection was dead
+ * (a connect or I/O failure) or libcurl, finding it dead, opened a new one in
+ * its HTTP/1.1-upgrade mode, which a gRPC server refuses before any handler
+ * runs. A protocol error on a connection that was really reused is the
+ * server's answer and is never retried.
  */
 static bool
 call_once(const StiggEndpoint *ep, const char *key, const char *method,
@@ -517,6 +521,7 @@ call_once(const StiggEndpoint *ep, const char *key, const char *method,
 	int			msgs_left;
 	CURLcode	code = CURLE_OK;
 	bool		done = false;
+	bool		retryable = false;
 	TimestampTz deadline;
 
 	memset(&meta, 0, sizeof(meta));
@@ -552,7 +557,7 @@ call_once(const StiggEndpoint *ep, const char *key, const char *method,
 	{
 		result->status = STIGG_CALL_NO_MEMORY;
 		set_message(result, "out of memory");
-		return reuse;
+		return false;
 	}
 
 	curl_easy_reset(easy);
@@ -597,7 +602,7 @@ call_once(const StiggEndpoint *ep, const char *key, const char *method,
 		StiggTransportReset();
 		result->status = STIGG_CALL_NO_MEMORY;
 		set_message(result, "could not start the transfer");
-		return reuse;
+		return false;
 	}
 
 	/* Our own deadline as well as libcurl's, so that no wait outlives it. */
@@ -654,6 +659,16 @@ call_once(const StiggEndpoint *ep, const char *key, const char *method,
 		set_message(result, "the transfer ended without a result");
 	}
 
+	if (reuse && done)
+	{
+		long		new_connections = 0;
+
+		curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &new_connections);
+		retryable = result->status == STIGG_CALL_CONNECT_FAILED ||
+			result->status == STIGG_CALL_IO_FAILED ||
+			(result->status == STIGG_CALL_PROTOCOL && new_connections > 0);
+	}
+
 	if (result->status == STIGG_CALL_OK || result->status == STIGG_CALL_GRPC_ERROR)
 	{
 		/* the connection is healthy: keep it for the next call */
@@ -672,7 +687,7 @@ call_once(const StiggEndpoint *ep, const char *key, const char *method,
 			forget_resolution();
 	}
 	curl_slist_free_all(headers);
-	return reuse;
+	return retryable;
 }
 
 void
@@ -681,7 +696,7 @@ StiggTransportCall(const StiggEndpoint *ep, const char *method,
 				   bool idempotent, StiggCallResult *result)
 {
 	char		key[512];
-	bool		reused;
+	bool		retryable;
 
 	memset(result, 0, sizeof(*result));
 
@@ -709,18 +724,14 @@ StiggTransportCall(const StiggEndpoint *ep, const char *method,
 		return;
 	}
 
-	reused = call_once(ep, key, method, result);
+	retryable = call_once(ep, key, method, result);
 
 	/*
 	 * A reused connection may have died between our liveness check and the
 	 * request. A read can safely go again on a new connection; a write
 	 * cannot, since it may have reached the server.
 	 */
-	if (reused && idempotent &&
-		(result->status == STIGG_CALL_CONNECT_FAILED ||
-		 result->status == STIGG_CALL_IO_FAILED ||
-		 result->status == STIGG_CALL_PROTOCOL) &&
-		!interrupt_pending())
+	if (retryable && idempotent && !interrupt_pending())
 	{
 		memset(result, 0, sizeof(*result));
 		call_once(ep, key, method, result);
