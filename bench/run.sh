@@ -1,0 +1,95 @@
+#!/bin/bash
+# make bench: per-call latency of stigg_has_access against the dev sidecar,
+# side by side in one run with a bench-only gRPC C core client calling the
+# same sidecar, and calls/s at 1 and 8 clients next to a no-op baseline.
+# Machines are noisy: read the ratios, not the absolute numbers.
+set -euo pipefail
+. "$(dirname "$0")/../test/scripts/common.sh"
+
+CALLS=${BENCH_CALLS:-3000}
+ROUNDS=${BENCH_ROUNDS:-3}
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+PORT=${BENCH_PGPORT:-5498}
+
+WORK=$(mktemp -d /tmp/stigg-bench.XXXXXX)
+stage_tree "$WORK"
+SIDECAR_STAGED="$WORK/test/sidecar/stigg_dev_sidecar.py"
+cleanup() {
+	stop_sidecar
+	"${RUN_AS[@]}" "$PG_BINDIR/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# the reference client, built from the same generated protobuf code
+gcc -O2 -std=gnu99 -I"$SRC/src/gen" -o "$WORK/grpc_core_client" "$SRC/bench/grpc_core_client.c" \
+	"$SRC"/src/gen/sidecar.pb-c.c "$SRC"/src/gen/google/protobuf/*.pb-c.c \
+	$(pkg-config --cflags --libs grpc) -lprotobuf-c
+
+start_sidecar "$WORK/test/sidecar/demo-catalog.json" "$WORK/sidecar.log"
+"${RUN_AS[@]}" "$PG_BINDIR/initdb" -D "$WORK/data" -A trust -U postgres >/dev/null
+cat >> "$WORK/data/postgresql.conf" <<CONF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$WORK'
+stigg.sidecar_host = 'localhost'
+stigg.sidecar_port = $SIDECAR_GRPC_PORT
+CONF
+"${RUN_AS[@]}" "$PG_BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w start >/dev/null
+PSQL=("${RUN_AS[@]}" "$PG_BINDIR/psql" -X -q -A -t -h "$WORK" -p "$PORT" -U postgres -d postgres)
+"${PSQL[@]}" -c "CREATE EXTENSION stigg"
+
+CHECK="stigg_has_access('customer-demo-01', 'feature-04-analytics')"
+
+# Mean microseconds per call of the extension inside one backend: a scan
+# calling it CALLS times, minus the same scan calling nothing.
+sql_us_per_call() {
+	"${PSQL[@]}" <<SQL | tail -1
+SELECT count(*) FROM generate_series(1, 200) WHERE $CHECK;
+CREATE TEMP TABLE t(v float8);
+DO \$\$
+DECLARE t0 timestamptz; t1 timestamptz; t2 timestamptz; n bigint;
+BEGIN
+  t0 := clock_timestamp();
+  SELECT count(*) INTO n FROM generate_series(1, $CALLS) WHERE $CHECK;
+  t1 := clock_timestamp();
+  SELECT count(*) INTO n FROM generate_series(1, $CALLS) WHERE true;
+  t2 := clock_timestamp();
+  INSERT INTO t VALUES (extract(epoch FROM (t1 - t0) - (t2 - t1)) * 1e6 / $CALLS);
+END \$\$;
+SELECT round(v::numeric, 1) FROM t;
+SQL
+}
+
+echo "stigg benchmark: $ROUNDS rounds of $CALLS calls; dev sidecar (Python grpcio) on localhost"
+printf '%-6s %22s %22s %8s\n' round "grpc C core us/call" "stigg_has_access us/call" ratio
+ratios=()
+for r in $(seq 1 "$ROUNDS"); do
+	core=$("$WORK/grpc_core_client" "127.0.0.1:$SIDECAR_GRPC_PORT" "$CALLS" | sed -n 's/.*mean_us=\([0-9.]*\).*/\1/p')
+	ext=$(sql_us_per_call)
+	ratio=$(awk -v a="$ext" -v b="$core" 'BEGIN { printf "%.2f", a / b }')
+	ratios+=("$ratio")
+	printf '%-6s %22s %22s %8s\n' "$r" "$core" "$ext" "$ratio"
+done
+median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+echo "median ratio stigg_has_access / gRPC C core: $median"
+"$WORK/grpc_core_client" "127.0.0.1:$SIDECAR_GRPC_PORT" "$CALLS" | sed 's/^/gRPC C core: /'
+
+# Throughput through the whole stack (client, PostgreSQL, sidecar), next to
+# a statement that does not call the sidecar.
+echo "SELECT 1;" > "$WORK/noop.sql"
+echo "SELECT $CHECK;" > "$WORK/check.sql"
+chown "$CLUSTER_USER" "$WORK"/*.sql
+pgb() {
+	"${RUN_AS[@]}" "$PG_BINDIR/pgbench" -n -h "$WORK" -p "$PORT" -U postgres -M prepared \
+		-T "$SECONDS_PER_RUN" "$@" postgres 2>/dev/null
+}
+echo
+printf '%-8s %16s %22s %8s %22s\n' clients "SELECT 1 tps" "stigg_has_access tps" ratio "stigg latency avg ms"
+for c in 1 8; do
+	base=$(pgb -c "$c" -j "$(( c > 1 ? 2 : 1 ))" -f "$WORK/noop.sql" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+	out=$(pgb -c "$c" -j "$(( c > 1 ? 2 : 1 ))" -f "$WORK/check.sql")
+	tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+	lat=$(sed -n 's/^latency average = \([0-9.]*\).*/\1/p' <<<"$out")
+	printf '%-8s %16.0f %22.0f %8.2f %22s\n' "$c" "$base" "$tps" "$(awk -v a="$tps" -v b="$base" 'BEGIN { print a / b }')" "$lat"
+done
