@@ -13,7 +13,7 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" stigg.control)
 PG_CONFIG ?= pg_config
 
 # pg_regress tests (sql/, expected/); TAP tests are test/t/*.pl
-REGRESS = input_validation entitlements deny_reasons
+REGRESS = input_validation entitlements deny_reasons usage
 
 # Targets that drive a whole run (packages, cluster, sidecar). They must work
 # before pg_config exists, so PGXS is only read for the build targets.
@@ -55,7 +55,10 @@ OBJS = \
 	src/transport.o \
 	src/sidecar.o \
 	src/pbjson.o \
+	src/args.o \
 	src/entitlements.o \
+	src/queue.o \
+	src/worker.o \
 	$(PROTO_C:.c=.o)
 
 DATA = $(wildcard stigg--*.sql)

@@ -79,3 +79,200 @@ CREATE FUNCTION stigg_reload_entitlements(customer_id text,
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'stigg_reload_entitlements'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+-- ---- usage and events: a transactional queue, drained by the worker ----
+--
+-- Rows are written by stigg_report_usage and stigg_report_event only; they
+-- become visible to the worker when the reporting transaction commits, and
+-- vanish with it when it rolls back. Ordinary logged tables: a crash loses
+-- nothing that committed.
+
+CREATE TABLE stigg.usage_queue (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id text NOT NULL,
+    feature_id text NOT NULL,
+    resource_id text,
+    value float8 NOT NULL,
+    update_behavior text NOT NULL CHECK (update_behavior IN ('DELTA', 'SET')),
+    dimensions jsonb,
+    usage_timestamp timestamptz,
+    enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'in_flight', 'delivered')),
+    attempts integer NOT NULL DEFAULT 0,
+    lease_until timestamptz,
+    delivered_at timestamptz,
+    measurement_id text,
+    current_usage float8
+);
+CREATE INDEX usage_queue_undelivered ON stigg.usage_queue (id) WHERE state <> 'delivered';
+CREATE INDEX usage_queue_delivered ON stigg.usage_queue (delivered_at) WHERE state = 'delivered';
+
+CREATE TABLE stigg.event_queue (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id text NOT NULL,
+    event_name text NOT NULL,
+    idempotency_key text NOT NULL,
+    resource_id text,
+    dimensions jsonb NOT NULL DEFAULT '{}',
+    event_timestamp timestamptz,
+    enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'in_flight', 'delivered')),
+    attempts integer NOT NULL DEFAULT 0,
+    lease_until timestamptz,
+    delivered_at timestamptz
+);
+CREATE INDEX event_queue_undelivered ON stigg.event_queue (id) WHERE state <> 'delivered';
+CREATE INDEX event_queue_delivered ON stigg.event_queue (delivered_at) WHERE state = 'delivered';
+
+-- Rows the sidecar refused for good (INVALID_ARGUMENT and the like), with
+-- the reason; stigg_requeue_dead_letters sends them again.
+CREATE TABLE stigg.dead_letters (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind text NOT NULL CHECK (kind IN ('usage', 'event')),
+    queue_id bigint NOT NULL,
+    payload jsonb NOT NULL,
+    error text NOT NULL,
+    attempts integer NOT NULL,
+    enqueued_at timestamptz NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- pg_dump keeps what is queued and what was refused
+SELECT pg_catalog.pg_extension_config_dump('stigg.usage_queue', '');
+SELECT pg_catalog.pg_extension_config_dump('stigg.event_queue', '');
+SELECT pg_catalog.pg_extension_config_dump('stigg.dead_letters', '');
+
+REVOKE ALL ON stigg.usage_queue, stigg.event_queue, stigg.dead_letters FROM PUBLIC;
+
+-- Reporting runs as the extension's owner, so that a role allowed to call
+-- these functions can queue rows without any right on the tables.
+CREATE FUNCTION stigg_report_usage(customer_id text, feature_id text, value float8,
+                                   update_behavior text DEFAULT 'delta',
+                                   resource_id text DEFAULT NULL,
+                                   dimensions jsonb DEFAULT NULL,
+                                   "timestamp" timestamptz DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'stigg_report_usage'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION stigg_report_event(customer_id text, event_name text,
+                                   dimensions jsonb DEFAULT '{}',
+                                   idempotency_key text DEFAULT NULL,
+                                   resource_id text DEFAULT NULL,
+                                   "timestamp" timestamptz DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'stigg_report_event'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION stigg_flush(timeout interval DEFAULT '10 seconds')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'stigg_flush'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION stigg_restart_worker()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'stigg_restart_worker'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION stigg_worker_is_running()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'stigg_worker_is_running'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+-- Internal: wakes the worker when the calling transaction commits.
+CREATE FUNCTION stigg.wake_worker_at_commit()
+RETURNS void
+AS 'MODULE_PATHNAME', 'stigg_wake_worker_at_commit'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION stigg.worker_info(OUT pid integer, OUT state text,
+                                  OUT last_success timestamptz,
+                                  OUT last_error text, OUT last_error_at timestamptz,
+                                  OUT next_retry_at timestamptz,
+                                  OUT delivered bigint, OUT dead_lettered bigint,
+                                  OUT resent bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'stigg_worker_info'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION stigg_requeue_dead_letters(dead_letter_ids bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+    m bigint;
+BEGIN
+    -- in the order they were first queued
+    WITH moved AS (
+        DELETE FROM stigg.dead_letters
+         WHERE kind = 'usage' AND (dead_letter_ids IS NULL OR id = ANY (dead_letter_ids))
+        RETURNING queue_id, payload
+    ), queued AS (
+        INSERT INTO stigg.usage_queue (customer_id, feature_id, resource_id, value,
+                                       update_behavior, dimensions, usage_timestamp)
+        SELECT r.customer_id, r.feature_id, r.resource_id, r.value,
+               r.update_behavior, r.dimensions, r.usage_timestamp
+          FROM moved, jsonb_populate_record(NULL::stigg.usage_queue, moved.payload) r
+         ORDER BY moved.queue_id
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM queued;
+
+    WITH moved AS (
+        DELETE FROM stigg.dead_letters
+         WHERE kind = 'event' AND (dead_letter_ids IS NULL OR id = ANY (dead_letter_ids))
+        RETURNING queue_id, payload
+    ), queued AS (
+        INSERT INTO stigg.event_queue (customer_id, event_name, idempotency_key,
+                                       resource_id, dimensions, event_timestamp)
+        SELECT r.customer_id, r.event_name, r.idempotency_key,
+               r.resource_id, r.dimensions, r.event_timestamp
+          FROM moved, jsonb_populate_record(NULL::stigg.event_queue, moved.payload) r
+         ORDER BY moved.queue_id
+        RETURNING 1
+    )
+    SELECT count(*) INTO m FROM queued;
+
+    PERFORM stigg.wake_worker_at_commit();
+    RETURN n + m;
+END
+$$;
+
+CREATE VIEW stigg.queue_status AS
+SELECT q.kind, q.pending, q.in_flight, q.delivered,
+       coalesce(d.dead_lettered, 0) AS dead_lettered,
+       q.oldest_pending_age,
+       w.pid AS worker_pid, w.state AS worker_state,
+       w.last_success, w.last_error, w.last_error_at, w.next_retry_at
+  FROM (SELECT 'usage'::text AS kind,
+               count(*) FILTER (WHERE state = 'pending') AS pending,
+               count(*) FILTER (WHERE state = 'in_flight') AS in_flight,
+               count(*) FILTER (WHERE state = 'delivered') AS delivered,
+               now() - min(enqueued_at) FILTER (WHERE state <> 'delivered') AS oldest_pending_age
+          FROM stigg.usage_queue
+        UNION ALL
+        SELECT 'event',
+               count(*) FILTER (WHERE state = 'pending'),
+               count(*) FILTER (WHERE state = 'in_flight'),
+               count(*) FILTER (WHERE state = 'delivered'),
+               now() - min(enqueued_at) FILTER (WHERE state <> 'delivered')
+          FROM stigg.event_queue) q
+  LEFT JOIN (SELECT kind, count(*) AS dead_lettered FROM stigg.dead_letters GROUP BY kind) d
+         USING (kind)
+ CROSS JOIN stigg.worker_info() w;
+
+REVOKE ALL ON FUNCTION stigg_report_usage(text, text, float8, text, text, jsonb, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stigg_report_event(text, text, jsonb, text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stigg_flush(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stigg_restart_worker() FROM PUBLIC;
+REVOKE ALL ON FUNCTION stigg_requeue_dead_letters(bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stigg.wake_worker_at_commit() FROM PUBLIC;
+GRANT SELECT ON stigg.queue_status, stigg.dead_letters TO pg_monitor;
+
+-- a worker waiting for this extension starts at once
+SELECT stigg.wake_worker_at_commit();

@@ -3,9 +3,7 @@
  *	  SQL-callable entitlement checks: stigg_has_access, stigg_get_*,
  *	  stigg_entitlements and stigg_reload_entitlements.
  *
- * Arguments are checked before anything is sent. A NULL customer or feature
- * is an error, never a NULL answer: a NULL would silently pass a CHECK
- * constraint. Ids go to the sidecar in UTF-8 whatever the database encoding.
+ * Arguments are checked (args.c) before anything is sent.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -24,11 +22,10 @@
 #include "utils/lsyscache.h"
 #include "utils/tuplestore.h"
 
+#include "args.h"
 #include "pbjson.h"
 #include "sidecar.h"
 
-/* Stigg's ids (refIds) are at most this long. */
-#define STIGG_MAX_ID_BYTES 255
 /* More requested enum values than any enum feature has. */
 #define STIGG_MAX_REQUESTED_VALUES 1000
 
@@ -44,48 +41,11 @@ PG_FUNCTION_INFO_V1(stigg_reload_entitlements);
 
 /* ---- arguments ---- */
 
-/*
- * An id argument in UTF-8. NULL is an error when the id is required, and
- * means "none" otherwise.
- */
+/* An id argument in UTF-8, or NULL; see StiggIdArg. */
 static char *
 id_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool required)
 {
-	text	   *t;
-	char	   *utf8;
-	int			len;
-
-	if (PG_ARGISNULL(argno))
-	{
-		if (required)
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s must not be null", name)));
-		return NULL;
-	}
-	t = PG_GETARG_TEXT_PP(argno);
-	len = VARSIZE_ANY_EXHDR(t);
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", name),
-				 required ? 0 : errhint("Pass NULL for no %s.", name)));
-	if (len > STIGG_MAX_ID_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is too long", name),
-				 errdetail("It is %d bytes long; a Stigg id has at most %d bytes.",
-						   len, STIGG_MAX_ID_BYTES)));
-	utf8 = pg_server_to_any(VARDATA_ANY(t), len, PG_UTF8);
-	if (utf8 == VARDATA_ANY(t))
-		utf8 = pnstrdup(VARDATA_ANY(t), len);
-	if (strlen(utf8) > STIGG_MAX_ID_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is too long", name),
-				 errdetail("It is %zu bytes long in UTF-8; a Stigg id has at most %d bytes.",
-						   strlen(utf8), STIGG_MAX_ID_BYTES)));
-	return utf8;
+	return StiggUtf8(StiggIdArg(fcinfo, argno, name, required));
 }
 
 /* requested_usage: absent when NULL; finite and not negative otherwise. */

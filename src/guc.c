@@ -13,6 +13,7 @@
 
 #include <limits.h>
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "guc.h"
@@ -22,6 +23,11 @@ int			stigg_sidecar_port = 8443;
 bool		stigg_sidecar_tls = false;
 char	   *stigg_sidecar_ca_file = NULL;
 int			stigg_timeout_ms = 1000;
+char	   *stigg_database = NULL;
+int			stigg_batch_size = 500;
+int			stigg_worker_naptime_ms = 10000;
+int			stigg_retry_max_delay_ms = 10000;
+int			stigg_delivered_retention_s = 86400;
 
 static bool
 check_sidecar_host(char **newval, void **extra, GucSource source)
@@ -85,6 +91,56 @@ StiggDefineGucs(void)
 							1000, 1, INT_MAX,
 							PGC_USERSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	/*
+	 * A PGC_POSTMASTER setting cannot be defined once the server runs, and
+	 * only the preloaded library starts a worker.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("stigg.database",
+								   "Database whose usage queue the background worker delivers.",
+								   "The worker runs when stigg is in shared_preload_libraries.",
+								   &stigg_database,
+								   "postgres",
+								   PGC_POSTMASTER,
+								   0,
+								   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stigg.batch_size",
+							"Rows the worker sends to the sidecar in one call.",
+							NULL,
+							&stigg_batch_size,
+							500, 1, 10000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stigg.worker_naptime",
+							"How long the worker sleeps when nothing wakes it.",
+							"Commits wake it at once; this timer covers the rest.",
+							&stigg_worker_naptime_ms,
+							10000, 10, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stigg.retry_max_delay",
+							"Longest wait between the worker's retries while the sidecar fails.",
+							"Retries back off exponentially, with jitter, up to this.",
+							&stigg_retry_max_delay_ms,
+							10000, 10, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stigg.delivered_retention",
+							"How long delivered rows stay in the queue tables.",
+							"They show the sidecar's acknowledgement (measurement id, current usage).",
+							&stigg_delivered_retention_s,
+							86400, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 #if PG_VERSION_NUM >= 150000

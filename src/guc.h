@@ -12,6 +12,13 @@ extern bool stigg_sidecar_tls;
 extern char *stigg_sidecar_ca_file;
 extern int	stigg_timeout_ms;
 
+/* the background worker (worker.c) */
+extern char *stigg_database;
+extern int	stigg_batch_size;
+extern int	stigg_worker_naptime_ms;
+extern int	stigg_retry_max_delay_ms;
+extern int	stigg_delivered_retention_s;
+
 extern void StiggDefineGucs(void);
 
 #endif							/* STIGG_GUC_H */

@@ -21,7 +21,10 @@
 #include "common/shortest_dec.h"
 #include "datatype/timestamp.h"
 #include "mb/pg_wchar.h"
+#include "utils/builtins.h"
 #include "utils/json.h"
+#include "utils/fmgrprotos.h"
+#include "utils/numeric.h"
 
 #include "pbjson.h"
 
@@ -197,6 +200,120 @@ StiggTimestampFromPb(const Google__Protobuf__Timestamp *ts)
 				 errdetail("It is %lld seconds after 1970-01-01.", (long long) ts->seconds)));
 	result = (ts->seconds - epoch_shift) * USECS_PER_SEC + ts->nanos / 1000;
 	return result;
+}
+
+Google__Protobuf__Timestamp *
+StiggTimestampToPb(TimestampTz t)
+{
+	Google__Protobuf__Timestamp *ts = palloc(sizeof(Google__Protobuf__Timestamp));
+	int64		epoch_shift = (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY;
+	int64		secs = t / USECS_PER_SEC;
+	int64		usecs = t % USECS_PER_SEC;
+
+	google__protobuf__timestamp__init(ts);
+	if (usecs < 0)
+	{
+		secs -= 1;
+		usecs += USECS_PER_SEC;
+	}
+	ts->seconds = secs + epoch_shift;
+	ts->nanos = (int32) (usecs * 1000);
+	return ts;
+}
+
+/* Both DimensionsEntry messages are laid out like this. */
+typedef struct DimensionsEntry
+{
+	ProtobufCMessage base;
+	char	   *key;
+	Stigg__Sidecar__V1__EventDimensionValue *value;
+} DimensionsEntry;
+
+StaticAssertDecl(sizeof(DimensionsEntry) == sizeof(Stigg__Sidecar__V1__ReportUsageRequest__DimensionsEntry) &&
+				 sizeof(DimensionsEntry) == sizeof(Stigg__Sidecar__V1__Event__DimensionsEntry),
+				 "dimension entries differ in layout");
+
+size_t
+StiggDimensionsToPb(Jsonb *dims, const char *argname,
+					const ProtobufCMessageDescriptor *entry_type,
+					ProtobufCMessage ***entries)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	size_t		n = 0;
+	size_t		cap;
+	char	   *key = NULL;
+
+	*entries = NULL;
+	if (dims == NULL)
+		return 0;
+	if (!JB_ROOT_IS_OBJECT(dims) || JB_ROOT_IS_SCALAR(dims))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a JSON object", argname),
+				 errdetail("Dimensions map names to strings, numbers or booleans, as in {\"plan\": \"pro\", \"seats\": 3}.")));
+	cap = Max(JB_ROOT_COUNT(dims), 1);
+	*entries = palloc(sizeof(ProtobufCMessage *) * cap);
+
+	it = JsonbIteratorInit(&dims->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		DimensionsEntry *e;
+		Stigg__Sidecar__V1__EventDimensionValue *dv;
+
+		if (tok == WJB_KEY)
+		{
+			if (v.val.string.len == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("%s must not have an empty key", argname)));
+			key = pg_server_to_any(pnstrdup(v.val.string.val, v.val.string.len),
+								   v.val.string.len, PG_UTF8);
+			continue;
+		}
+		if (tok != WJB_VALUE)
+			continue;
+
+		dv = palloc(sizeof(*dv));
+		stigg__sidecar__v1__event_dimension_value__init(dv);
+		switch (v.type)
+		{
+			case jbvString:
+				dv->value_case = STIGG__SIDECAR__V1__EVENT_DIMENSION_VALUE__VALUE_STRING_VALUE;
+				dv->string_value = pg_server_to_any(pnstrdup(v.val.string.val, v.val.string.len),
+													v.val.string.len, PG_UTF8);
+				break;
+			case jbvNumeric:
+				{
+					double		d = DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
+																	   NumericGetDatum(v.val.numeric)));
+
+					if (isinf(d) || isnan(d))
+						ereport(ERROR,
+								(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+								 errmsg("%s value of \"%s\" is not a finite number", argname, key)));
+					dv->value_case = STIGG__SIDECAR__V1__EVENT_DIMENSION_VALUE__VALUE_NUMBER_VALUE;
+					dv->number_value = d;
+				}
+				break;
+			case jbvBool:
+				dv->value_case = STIGG__SIDECAR__V1__EVENT_DIMENSION_VALUE__VALUE_BOOLEAN_VALUE;
+				dv->boolean_value = v.val.boolean;
+				break;
+			default:
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("%s value of \"%s\" must be a string, a number or a boolean", argname, key),
+						 errdetail("Dimensions are flat: no null, array or object values.")));
+		}
+		e = palloc(entry_type->sizeof_message);
+		protobuf_c_message_init(entry_type, e);
+		e->key = key;
+		e->value = dv;
+		(*entries)[n++] = (ProtobufCMessage *) e;
+	}
+	return n;
 }
 
 /* ---- messages ---- */

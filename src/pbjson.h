@@ -7,6 +7,7 @@
 #define STIGG_PBJSON_H
 
 #include "lib/stringinfo.h"
+#include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
 #include "sidecar.pb-c.h"
@@ -25,6 +26,17 @@ extern int	StiggPbFieldNumber(const ProtobufCMessage *msg, const char *field);
 extern char *StiggTextFromSidecar(const char *utf8);
 extern const char *StiggEnumName(const ProtobufCEnumDescriptor *desc, int value);
 extern TimestampTz StiggTimestampFromPb(const Google__Protobuf__Timestamp *ts);
+extern Google__Protobuf__Timestamp *StiggTimestampToPb(TimestampTz t);
+
+/*
+ * A flat jsonb object of strings, numbers and booleans as the map entries
+ * of a "dimensions" field (entry_type: ReportUsageRequest or Event's
+ * DimensionsEntry). Returns the number of entries. Raises on anything
+ * else, naming argname, so that bad input is refused when it is queued.
+ */
+extern size_t StiggDimensionsToPb(Jsonb *dims, const char *argname,
+								  const ProtobufCMessageDescriptor *entry_type,
+								  ProtobufCMessage ***entries);
 
 /*
  * The typed answers, in the shape of the Sidecar SDK guide's "Result"

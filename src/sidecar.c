@@ -15,8 +15,6 @@
 
 #include "guc.h"
 #include "sidecar.h"
-#include "transport.h"
-
 static void *
 pb_alloc(void *allocator_data, size_t size)
 {
@@ -165,12 +163,11 @@ raise_call_error(const char *method, const StiggEndpoint *ep,
 }
 
 ProtobufCMessage *
-StiggSidecarCall(const char *method, const ProtobufCMessage *request,
-				 const ProtobufCMessageDescriptor *response_type,
-				 bool idempotent)
+StiggSidecarInvoke(const char *method, const ProtobufCMessage *request,
+				   const ProtobufCMessageDescriptor *response_type,
+				   bool idempotent, StiggCallResult *res)
 {
 	StiggEndpoint ep;
-	StiggCallResult res;
 	ProtobufCAllocator allocator;
 	ProtobufCMessage *response;
 	size_t		len;
@@ -181,22 +178,100 @@ StiggSidecarCall(const char *method, const ProtobufCMessage *request,
 	protobuf_c_message_pack(request, buf);
 
 	endpoint_from_settings(&ep);
-	StiggTransportCall(&ep, method, buf, len, idempotent, &res);
+	StiggTransportCall(&ep, method, buf, len, idempotent, res);
 	pfree(buf);
-	if (res.status != STIGG_CALL_OK)
-		raise_call_error(method, &ep, &res);
+	if (res->status != STIGG_CALL_OK)
+		return NULL;
 
 	allocator.alloc = pb_alloc;
 	allocator.free = pb_free;
 	allocator.allocator_data = CurrentMemoryContext;
 	response = protobuf_c_message_unpack(response_type, &allocator,
-										 res.body_len, res.body);
+										 res->body_len, res->body);
 	if (response == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("invalid response from the stigg sidecar at %s:%d to method %s",
-						ep.host, ep.port, method),
-				 errdetail("The %zu-byte message is not a valid %s.",
-						   res.body_len, response_type->name)));
+	{
+		res->status = STIGG_CALL_PROTOCOL;
+		snprintf(res->message, sizeof(res->message),
+				 "the %zu-byte message is not a valid %s",
+				 res->body_len, response_type->name);
+	}
 	return response;
+}
+
+ProtobufCMessage *
+StiggSidecarCall(const char *method, const ProtobufCMessage *request,
+				 const ProtobufCMessageDescriptor *response_type,
+				 bool idempotent)
+{
+	StiggCallResult res;
+	ProtobufCMessage *response;
+
+	response = StiggSidecarInvoke(method, request, response_type, idempotent, &res);
+	if (response == NULL)
+	{
+		StiggEndpoint ep;
+
+		endpoint_from_settings(&ep);
+		raise_call_error(method, &ep, &res);
+	}
+	return response;
+}
+
+bool
+StiggCallIsRetryable(const StiggCallResult *res)
+{
+	switch (res->status)
+	{
+		case STIGG_CALL_OK:
+			return false;
+		case STIGG_CALL_GRPC_ERROR:
+			switch (res->grpc_code)
+			{
+				case 1:			/* CANCELLED */
+				case 4:			/* DEADLINE_EXCEEDED */
+				case 7:			/* PERMISSION_DENIED: a key problem, not the row's */
+				case 8:			/* RESOURCE_EXHAUSTED */
+				case 10:		/* ABORTED */
+				case 12:		/* UNIMPLEMENTED: an old sidecar, not the row's */
+				case 14:		/* UNAVAILABLE */
+				case 16:		/* UNAUTHENTICATED */
+					return true;
+				default:
+					return false;
+			}
+		default:
+			/* down, slow, TLS, garbage: the sidecar's state, not the row's */
+			return true;
+	}
+}
+
+char *
+StiggDescribeCall(const char *method, const StiggCallResult *res)
+{
+	StiggEndpoint ep;
+
+	endpoint_from_settings(&ep);
+	switch (res->status)
+	{
+		case STIGG_CALL_OK:
+			return psprintf("%s: ok", method);
+		case STIGG_CALL_GRPC_ERROR:
+			return psprintf("%s: gRPC status %s: %s", method,
+							StiggGrpcCodeName(res->grpc_code), res->message);
+		case STIGG_CALL_CONNECT_FAILED:
+			return psprintf("%s: could not connect to %s:%d: %s", method, ep.host, ep.port, res->message);
+		case STIGG_CALL_TLS_FAILED:
+			return psprintf("%s: TLS with %s:%d failed: %s", method, ep.host, ep.port, res->message);
+		case STIGG_CALL_TIMEOUT:
+			return psprintf("%s: no answer from %s:%d within %d ms", method, ep.host, ep.port, ep.timeout_ms);
+		case STIGG_CALL_INTERRUPTED:
+			return psprintf("%s: interrupted", method);
+		case STIGG_CALL_IO_FAILED:
+			return psprintf("%s: connection to %s:%d failed: %s", method, ep.host, ep.port, res->message);
+		case STIGG_CALL_PROTOCOL:
+			return psprintf("%s: invalid response from %s:%d: %s", method, ep.host, ep.port, res->message);
+		case STIGG_CALL_NO_MEMORY:
+			return psprintf("%s: out of memory: %s", method, res->message);
+	}
+	return psprintf("%s: unknown outcome", method);
 }

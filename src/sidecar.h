@@ -10,6 +10,8 @@
 
 #include "sidecar.pb-c.h"
 
+#include "transport.h"
+
 /*
  * Calls a SidecarService method. Returns the decoded response, allocated in
  * CurrentMemoryContext, or raises an error naming what went wrong.
@@ -18,5 +20,22 @@ extern ProtobufCMessage *StiggSidecarCall(const char *method,
 										  const ProtobufCMessage *request,
 										  const ProtobufCMessageDescriptor *response_type,
 										  bool idempotent);
+
+/*
+ * The same without raising: returns NULL and fills *result on failure (an
+ * undecodable answer is STIGG_CALL_PROTOCOL). For the background worker,
+ * which decides per outcome whether to retry, isolate or give up.
+ */
+extern ProtobufCMessage *StiggSidecarInvoke(const char *method,
+											const ProtobufCMessage *request,
+											const ProtobufCMessageDescriptor *response_type,
+											bool idempotent,
+											StiggCallResult *result);
+
+/* Whether a failed call may succeed later unchanged (sidecar down, busy). */
+extern bool StiggCallIsRetryable(const StiggCallResult *result);
+
+/* A one-line description of a failed call, for logs and status views. */
+extern char *StiggDescribeCall(const char *method, const StiggCallResult *result);
 
 #endif							/* STIGG_SIDECAR_H */

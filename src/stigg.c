@@ -8,14 +8,20 @@
  *	transport.c		gRPC over HTTP/2 through libcurl; nothing else knows
  *	sidecar.c		method calls, and the mapping of outcomes to SQLSTATEs
  *	pbjson.c		sidecar messages as JSON and SQL values
+ *	args.c			checks of SQL arguments
  *	entitlements.c	the SQL-callable entitlement checks
+ *	queue.c			stigg_report_usage / _event / stigg_flush: the queue
+ *	worker.c		the background worker that delivers the queue
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 
 #include "guc.h"
+#include "queue.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -25,4 +31,7 @@ void
 _PG_init(void)
 {
 	StiggDefineGucs();
+	StiggQueueInit();
+	if (process_shared_preload_libraries_in_progress)
+		StiggWorkerInit();
 }

@@ -91,6 +91,14 @@ sub stats { my ($self) = @_; return $self->get('/stats'); }
 sub reset_stats { my ($self) = @_; return $self->post('/reset'); }
 sub usage { my ($self) = @_; return $self->get('/usage'); }
 sub events { my ($self) = @_; return $self->get('/events'); }
+
+# every usage measurement the sidecar applied, oldest first
+sub measurements
+{
+	my ($self, %filter) = @_;
+	my $q = join('&', map { "$_=$filter{$_}" } sort keys %filter);
+	return $self->get('/measurements' . ($q ? "?$q" : ''))->{measurements};
+}
 sub set_clock { my ($self, %c) = @_; return $self->post('/clock', \%c); }
 
 sub calls

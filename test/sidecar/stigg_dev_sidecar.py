@@ -455,10 +455,13 @@ class Sidecar:
         new = u.value if behavior == pb.USAGE_UPDATE_BEHAVIOR_SET else current + u.value
         self.store.usage[(u.customer_id, rid or "", u.feature_id)] = [new, period]
         mid = str(uuid.uuid4())
+        dims = {k: getattr(v, v.WhichOneof("value")) for k, v in u.dimensions.items()
+                if v.WhichOneof("value")}
         self.store.measurements.append({
             "measurementId": mid, "customerId": u.customer_id, "resourceId": rid,
             "featureId": u.feature_id, "value": u.value,
-            "updateBehavior": pb.UsageUpdateBehavior.Name(behavior), "currentUsage": new})
+            "updateBehavior": pb.UsageUpdateBehavior.Name(behavior), "currentUsage": new,
+            "dimensions": dims})
         resp = pb.ReportUsageResponse(measurement_id=mid, customer_id=u.customer_id,
                                       feature_id=u.feature_id, current_usage=new)
         if rid is not None:
@@ -698,6 +701,12 @@ def build_control(args, store, sidecar, faults, stop_event):
                                     "featureId": f, "currentUsage": value})
                 return self.reply(200, {"usage": out, "measurements": store.measurements[-1000:],
                                         "measurementCount": len(store.measurements)})
+            if url.path == "/measurements":
+                # every measurement, oldest first; filters: customerId, featureId
+                with store.lock:
+                    out = [m for m in store.measurements
+                           if all(m.get(k) == q[k][0] for k in ("customerId", "featureId") if k in q)]
+                return self.reply(200, {"count": len(out), "measurements": out})
             if url.path == "/events":
                 with store.lock:
                     return self.reply(200, {"accepted": list(store.events_accepted.values()),
