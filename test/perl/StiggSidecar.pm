@@ -20,6 +20,7 @@ use IPC::Run;
 use JSON::PP;
 use Time::HiRes qw(usleep);
 
+use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
 my $here = dirname(File::Spec->rel2abs(__FILE__));
@@ -121,6 +122,29 @@ sub stop
 	}
 	delete $self->{pid};
 	return;
+}
+
+# A started cluster with stigg preloaded and created, pointed at $sidecar,
+# with a quick worker; %conf adds or overrides settings.
+sub new_node
+{
+	my ($class, $name, $sidecar, %conf) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	my %settings = (
+		shared_preload_libraries => "'stigg'",
+		'stigg.database' => "'postgres'",
+		'stigg.retry_max_delay' => "'500ms'",
+		'stigg.worker_naptime' => "'1h'",
+		max_prepared_transactions => 10,
+		%conf);
+	$node->init(allows_streaming => delete $settings{allows_streaming});
+	$node->append_conf('postgresql.conf',
+		$sidecar->conf . join('', map { "$_ = $settings{$_}\n" } sort keys %settings));
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION stigg');
+	$node->poll_query_until('postgres', "SELECT worker_state = 'idle' FROM stigg.queue_status LIMIT 1")
+	  or die 'the stigg worker did not become idle';
+	return $node;
 }
 
 sub DESTROY
