@@ -252,9 +252,17 @@ count_success(uint64 delivered)
 
 /* ---- transactions ---- */
 
+/*
+ * Committing leaves CurrentMemoryContext at TopMemoryContext; end_tx puts
+ * back the caller's (a batch's) context, or everything allocated after a
+ * commit would outlive the batch.
+ */
+static MemoryContext tx_caller_ctx = NULL;
+
 static void
 begin_tx(const char *activity)
 {
+	tx_caller_ctx = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
@@ -270,6 +278,7 @@ end_tx(void)
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextSwitchTo(tx_caller_ctx);
 }
 
 static Datum
@@ -706,12 +715,14 @@ deliver_all(void)
 		int			nu;
 		int			ne;
 
+		MemoryContext old;
+
 		MemoryContextReset(batch_ctx);
+		old = MemoryContextSwitchTo(batch_ctx);
 		nu = deliver_batch(true);
-		if (nu < 0)
-			return RUN_BACKOFF;
-		ne = deliver_batch(false);
-		if (ne < 0)
+		ne = nu < 0 ? 0 : deliver_batch(false);
+		MemoryContextSwitchTo(old);
+		if (nu < 0 || ne < 0)
 			return RUN_BACKOFF;
 		if ((nu == 0 && ne == 0) || got_sigterm)
 			return RUN_DONE;
