@@ -1,7 +1,9 @@
 #!/bin/bash
 # make bench: per-call latency of stigg_has_access against the dev sidecar,
 # side by side in one run with a bench-only gRPC C core client calling the
-# same sidecar, and calls/s at 1 and 8 clients next to a no-op baseline.
+# same sidecar, and calls/s at 1 and 8 clients next to a no-op baseline;
+# then the usage queue: stigg_report_usage next to a plain INSERT, the
+# worker's delivery rate, and commit-to-acknowledgement latency.
 # Machines are noisy: read the ratios, not the absolute numbers.
 set -euo pipefail
 . "$(dirname "$0")/../test/scripts/common.sh"
@@ -34,6 +36,9 @@ listen_addresses = ''
 unix_socket_directories = '$WORK'
 stigg.sidecar_host = 'localhost'
 stigg.sidecar_port = $SIDECAR_GRPC_PORT
+shared_preload_libraries = 'stigg'
+stigg.database = 'postgres'
+stigg.batch_size = 1000
 CONF
 "${RUN_AS[@]}" "$PG_BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w start >/dev/null
 PSQL=("${RUN_AS[@]}" "$PG_BINDIR/psql" -X -q -A -t -h "$WORK" -p "$PORT" -U postgres -d postgres)
@@ -93,3 +98,64 @@ for c in 1 8; do
 	lat=$(sed -n 's/^latency average = \([0-9.]*\).*/\1/p' <<<"$out")
 	printf '%-8s %16.0f %22.0f %8.2f %22s\n' "$c" "$base" "$tps" "$(awk -v a="$tps" -v b="$base" 'BEGIN { print a / b }')" "$lat"
 done
+
+# ---- the usage queue
+ROWS=${BENCH_QUEUE_ROWS:-100000}
+control() { curl -s -X "$1" "http://127.0.0.1:$SIDECAR_CONTROL_PORT$2" ${3:+-H 'Content-Type: application/json' -d "$3"} >/dev/null; }
+echo
+echo "usage queue: $ROWS rows"
+# the sidecar refuses while rows are queued, so the worker does not compete
+control POST /faults '{"faults": [{"method": "*", "action": "error", "code": "UNAVAILABLE"}]}'
+"${PSQL[@]}" <<SQL
+CREATE TABLE plain_usage (LIKE stigg.usage_queue INCLUDING DEFAULTS INCLUDING INDEXES);
+ALTER TABLE plain_usage ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY;
+SQL
+queue_ms() {
+	"${PSQL[@]}" <<SQL | tail -1
+\\timing off
+CREATE TEMP TABLE r(ms float8);
+DO \$\$
+DECLARE t0 timestamptz; t1 timestamptz; t2 timestamptz;
+BEGIN
+  t0 := clock_timestamp();
+  INSERT INTO plain_usage (customer_id, feature_id, value, update_behavior)
+  SELECT 'customer-enterprise', 'feature-09-api-calls', 1, 'DELTA' FROM generate_series(1, $ROWS);
+  t1 := clock_timestamp();
+  PERFORM count(stigg_report_usage('customer-enterprise', 'feature-09-api-calls', 1)) FROM generate_series(1, $ROWS);
+  t2 := clock_timestamp();
+  INSERT INTO r VALUES (extract(epoch FROM t1 - t0) * 1e6 / $ROWS), (extract(epoch FROM t2 - t1) * 1e6 / $ROWS);
+END \$\$;
+SELECT string_agg(round(ms::numeric, 2)::text, ' ') FROM r;
+SQL
+}
+read -r plain_us report_us <<<"$(queue_ms)"
+printf '%-44s %10s us/row\n' "INSERT into an equivalent table" "$plain_us"
+printf '%-44s %10s us/row  (%.2fx)\n' "stigg_report_usage (one statement)" "$report_us" \
+	"$(awk -v a="$report_us" -v b="$plain_us" 'BEGIN { print a / b }')"
+echo "INSERT INTO plain_usage (customer_id, feature_id, value, update_behavior) VALUES ('customer-demo-01', 'feature-01-templates', 1, 'DELTA');" > "$WORK/insert.sql"
+echo "SELECT stigg_report_usage('customer-demo-01', 'feature-01-templates', 1);" > "$WORK/report.sql"
+chown "$CLUSTER_USER" "$WORK"/*.sql
+t_ins=$(pgb -c 1 -f "$WORK/insert.sql" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+t_rep=$(pgb -c 1 -f "$WORK/report.sql" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+printf '%-44s %10.0f tps\n' "one-row INSERT transactions, 1 client" "$t_ins"
+printf '%-44s %10.0f tps  (%.2fx the time)\n' "one-row stigg_report_usage transactions" "$t_rep" \
+	"$(awk -v a="$t_ins" -v b="$t_rep" 'BEGIN { print a / b }')"
+
+# delivery: let the worker drain what is queued
+pending=$("${PSQL[@]}" -c "SELECT count(*) FROM stigg.usage_queue WHERE state <> 'delivered'")
+start=$(date +%s.%N)
+control DELETE /faults
+"${PSQL[@]}" -c "SELECT stigg_flush('10 minutes')" >/dev/null
+secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { print e - s }')
+printf '%-44s %10.0f rows/s  (%d rows in %.1f s, batches of 1000)\n' "worker delivery into the dev sidecar" \
+	"$(awk -v n="$pending" -v t="$secs" 'BEGIN { print n / t }')" "$pending" "$secs"
+
+# commit to acknowledgement at a steady 200 reports/s
+"${PSQL[@]}" -c "TRUNCATE stigg.usage_queue"
+pgb -c 2 -j 2 -R 200 -f "$WORK/report.sql" >/dev/null
+"${PSQL[@]}" -c "SELECT stigg_flush('1 minute')" >/dev/null
+"${PSQL[@]}" -c "SELECT format('%-44s p50 %s ms, p99 %s ms, max %s ms (%s rows)', 'commit to acknowledgement, 200 rows/s',
+    round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+    round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+    round(max(ms)::numeric, 1), count(*))
+  FROM (SELECT extract(epoch FROM delivered_at - enqueued_at) * 1000 AS ms FROM stigg.usage_queue) d"
