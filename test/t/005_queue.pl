@@ -118,7 +118,7 @@ sub report
 	my ($C, $F) = ('customer-enterprise', 'feature-02-campaigns');
 	$sc->set_faults({ method => 'ReportUsageBulk', action => 'error', code => 'UNAVAILABLE',
 		message => 'sidecar warming up', times => 3 });
-	sql(join(' ', map { report($C, $F, 1, 100 + $_) } 1 .. 10));
+	sql(join(' ', 'BEGIN;', (map { report($C, $F, 1, 100 + $_) } 1 .. 10), 'COMMIT;'));
 	is(sql("SELECT stigg_flush('30s')"), '10', 'flush: 10 delivered after 3 failures');
 	is_deeply(delivered_ns($C, $F), [ 101 .. 110 ], 'each row once, in order');
 	like(sql('SELECT last_error FROM stigg.queue_status LIMIT 1'), qr/UNAVAILABLE: sidecar warming up/,
@@ -201,7 +201,7 @@ sub report
 	sql('SELECT pg_reload_conf()');
 	usleep(200_000);
 	$sc->reset_stats;
-	sql(join(' ', map { report('customer-enterprise', 'feature-09-api-calls', 1, 400 + $_) } 1 .. 6));
+	sql(join(' ', 'BEGIN;', (map { report('customer-enterprise', 'feature-09-api-calls', 1, 400 + $_) } 1 .. 6), 'COMMIT;'));
 	sql("SELECT stigg_flush('30s')");
 	is($sc->calls('ReportUsageBulk'), 3, 'after a reload, 6 rows go in batches of 2');
 	sql("ALTER SYSTEM RESET stigg.batch_size");
