@@ -56,7 +56,10 @@ OBJS = \
 	src/sidecar.o \
 	src/pbjson.o \
 	src/args.o \
+	src/cache.o \
+	src/access.o \
 	src/entitlements.o \
+	src/triggers.o \
 	src/queue.o \
 	src/worker.o \
 	$(PROTO_C:.c=.o)

@@ -276,3 +276,29 @@ GRANT SELECT ON stigg.queue_status, stigg.dead_letters TO pg_monitor;
 
 -- a worker waiting for this extension starts at once
 SELECT stigg.wake_worker_at_commit();
+
+-- ---- gating: the entitlement cache and generic triggers ----
+
+-- what a metered check adds on top of Stigg's usage
+CREATE INDEX usage_queue_key_undelivered ON stigg.usage_queue (customer_id, feature_id)
+    WHERE state <> 'delivered';
+
+CREATE FUNCTION stigg_cache_invalidate(customer_id text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'stigg_cache_invalidate'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+-- stigg_enforce(feature_id, customer_column [, resource_column [, quantity]])
+-- BEFORE INSERT OR UPDATE ... FOR EACH ROW
+CREATE FUNCTION stigg_enforce()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'stigg_enforce'
+LANGUAGE C;
+
+-- stigg_track_usage(feature_id, customer_column [, resource_column [, quantity]])
+-- AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW or FOR EACH STATEMENT with
+-- transition tables
+CREATE FUNCTION stigg_track_usage()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'stigg_track_usage'
+LANGUAGE C;

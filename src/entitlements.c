@@ -11,6 +11,8 @@
 #include <math.h>
 
 #include "access/htup_details.h"
+#include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -22,7 +24,9 @@
 #include "utils/lsyscache.h"
 #include "utils/tuplestore.h"
 
+#include "access.h"
 #include "args.h"
+#include "cache.h"
 #include "pbjson.h"
 #include "sidecar.h"
 
@@ -38,6 +42,7 @@ PG_FUNCTION_INFO_V1(stigg_get_enum_entitlement);
 PG_FUNCTION_INFO_V1(stigg_get_entitlements);
 PG_FUNCTION_INFO_V1(stigg_entitlements);
 PG_FUNCTION_INFO_V1(stigg_reload_entitlements);
+PG_FUNCTION_INFO_V1(stigg_cache_invalidate);
 
 /* ---- arguments ---- */
 
@@ -117,30 +122,25 @@ jsonb_from_text(StringInfo json)
 
 /* ---- the functions ---- */
 
+/*
+ * With requested_usage the check guards a write: it takes the key's lock
+ * until the transaction ends, so that racing gate-and-report transactions
+ * cannot both take the last unit (see access.c).
+ */
 Datum
 stigg_has_access(PG_FUNCTION_ARGS)
 {
-	Stigg__Sidecar__V1__GetEntitlementRequest req = STIGG__SIDECAR__V1__GET_ENTITLEMENT_REQUEST__INIT;
-	Stigg__Sidecar__V1__GetEntitlementOptions opts = STIGG__SIDECAR__V1__GET_ENTITLEMENT_OPTIONS__INIT;
-	Stigg__Sidecar__V1__GetEntitlementResponse *resp;
-	char	   *resource;
-	double		requested;
+	char	   *customer = id_arg(fcinfo, 0, "customer_id", true);
+	char	   *feature = id_arg(fcinfo, 1, "feature_id", true);
+	char	   *resource = id_arg(fcinfo, 2, "resource_id", false);
+	double		requested = 0;
+	bool		gate;
+	StiggAccess a;
 
-	req.customer_id = id_arg(fcinfo, 0, "customer_id", true);
-	req.feature_id = id_arg(fcinfo, 1, "feature_id", true);
-	resource = id_arg(fcinfo, 2, "resource_id", false);
-	if (resource != NULL)
-		PB_SET(&req, resource_id, resource);
-	if (requested_usage_arg(fcinfo, 3, &requested))
-	{
-		PB_SET(&opts, requested_usage, requested);
-		PB_SET(&req, options, &opts);
-	}
-
-	resp = (Stigg__Sidecar__V1__GetEntitlementResponse *)
-		StiggSidecarCall("GetEntitlement", &req.base,
-						 &stigg__sidecar__v1__get_entitlement_response__descriptor, true);
-	PG_RETURN_BOOL(resp->has_access);
+	(void) requested_usage_arg(fcinfo, 3, &requested);
+	gate = requested > 0 && !RecoveryInProgress() && !XactReadOnly;
+	StiggCheckAccess(customer, feature, resource, requested, gate, &a);
+	PG_RETURN_BOOL(a.has_access);
 }
 
 Datum
@@ -525,5 +525,14 @@ stigg_reload_entitlements(PG_FUNCTION_ARGS)
 	resp = (Stigg__Sidecar__V1__ReloadEntitlementsResponse *)
 		StiggSidecarCall("ReloadEntitlements", &req.base,
 						 &stigg__sidecar__v1__reload_entitlements_response__descriptor, true);
+	(void) StiggCacheInvalidate(req.customer_id);
 	PG_RETURN_BOOL(resp->entitled_entity_exists);
+}
+
+Datum
+stigg_cache_invalidate(PG_FUNCTION_ARGS)
+{
+	char	   *customer = PG_ARGISNULL(0) ? NULL : id_arg(fcinfo, 0, "customer_id", false);
+
+	PG_RETURN_INT64(StiggCacheInvalidate(customer));
 }

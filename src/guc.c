@@ -23,6 +23,9 @@ int			stigg_sidecar_port = 8443;
 bool		stigg_sidecar_tls = false;
 char	   *stigg_sidecar_ca_file = NULL;
 int			stigg_timeout_ms = 1000;
+int			stigg_cache_ttl_ms = 5000;
+int			stigg_cache_size = 10000;
+bool		stigg_enforce_enabled = true;
 char	   *stigg_database = NULL;
 int			stigg_batch_size = 500;
 int			stigg_worker_naptime_ms = 10000;
@@ -93,10 +96,37 @@ StiggDefineGucs(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("stigg.cache_ttl",
+							"How long an entitlement answered by the sidecar is reused.",
+							"0 turns the cache off. Usage stays fresh regardless: queued reports and the worker's acknowledgements are applied on top.",
+							&stigg_cache_ttl_ms,
+							5000, 0, 3600 * 1000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("stigg.enforce",
+							 "Whether stigg_enforce triggers check entitlements.",
+							 "Turn off (superuser) for restores and migrations.",
+							 &stigg_enforce_enabled,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	/*
-	 * A PGC_POSTMASTER setting cannot be defined once the server runs, and
-	 * only the preloaded library starts a worker.
+	 * A PGC_POSTMASTER setting cannot be defined once the server runs; the
+	 * shared cache and the worker exist only when the library is preloaded.
 	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("stigg.cache_size",
+								"Entries in the shared entitlement cache.",
+								"Each takes about 1 kB of shared memory; a backend without the preloaded library keeps 1000 of its own.",
+								&stigg_cache_size,
+								10000, 16, 10000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
 	if (process_shared_preload_libraries_in_progress)
 		DefineCustomStringVariable("stigg.database",
 								   "Database whose usage queue the background worker delivers.",

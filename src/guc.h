@@ -12,6 +12,11 @@ extern bool stigg_sidecar_tls;
 extern char *stigg_sidecar_ca_file;
 extern int	stigg_timeout_ms;
 
+/* the entitlement cache and enforcement */
+extern int	stigg_cache_ttl_ms;
+extern int	stigg_cache_size;
+extern bool stigg_enforce_enabled;
+
 /* the background worker (worker.c) */
 extern char *stigg_database;
 extern int	stigg_batch_size;

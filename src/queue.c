@@ -23,8 +23,14 @@
 
 #include <math.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "common/hashfn.h"
@@ -36,12 +42,14 @@
 #include "storage/lock.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 #include "utils/wait_event.h"
 
 #include "args.h"
+#include "cache.h"
 #include "guc.h"
 #include "pbjson.h"
 #include "queue.h"
@@ -235,6 +243,98 @@ run_insert(SPIPlanPtr plan, Datum *values, const char *nulls)
 	return id;
 }
 
+/* ---- running as the extension's owner ---- */
+
+static Oid	save_userid;
+static int	save_sec_context;
+
+static Oid
+extension_owner(void)
+{
+	static Oid	cached_ext = InvalidOid;
+	static Oid	cached_owner = InvalidOid;
+	Oid			ext = get_extension_oid("stigg", false);
+
+	if (ext != cached_ext)
+	{
+		Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple	tup;
+
+		ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+					ObjectIdGetDatum(ext));
+		scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+		tup = systable_getnext(scan);
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "extension stigg has no catalog entry");
+		cached_owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+		cached_ext = ext;
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+	}
+	return cached_owner;
+}
+
+void
+StiggBeginAsOwner(void)
+{
+	Oid			owner = extension_owner();
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+}
+
+void
+StiggEndAsOwner(void)
+{
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+int64
+StiggEnqueueUsage(text *customer, text *feature, text *resource, double value,
+				  bool is_set, Jsonb *dims, bool has_ts, TimestampTz ts)
+{
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int64		id;
+
+	StiggLockUsageKey(text_to_cstring(customer), text_to_cstring(feature),
+					  text_or_null(resource), is_set);
+
+	values[0] = PointerGetDatum(customer);
+	values[1] = PointerGetDatum(feature);
+	values[2] = PointerGetDatum(resource);
+	nulls[2] = resource ? ' ' : 'n';
+	values[3] = Float8GetDatum(value);
+	values[4] = CStringGetTextDatum(is_set ? "SET" : "DELTA");
+	values[5] = PointerGetDatum(dims);
+	nulls[5] = dims ? ' ' : 'n';
+	values[6] = TimestampTzGetDatum(ts);
+	nulls[6] = has_ts ? ' ' : 'n';
+
+	StiggBeginAsOwner();
+	SPI_connect();
+	if (usage_insert_plan == NULL)
+	{
+		Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
+
+		usage_insert_plan = prepare_insert(
+			"INSERT INTO stigg.usage_queue (customer_id, feature_id, resource_id, value,"
+			" update_behavior, dimensions, usage_timestamp)"
+			" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id", 7, types);
+	}
+	id = run_insert(usage_insert_plan, values, nulls);
+	SPI_finish();
+	StiggEndAsOwner();
+
+	/* checks in this statement must see this row */
+	StiggMemoReset();
+	wake_at_commit = true;
+	return id;
+}
+
 Datum
 stigg_report_usage(PG_FUNCTION_ARGS)
 {
@@ -246,9 +346,6 @@ stigg_report_usage(PG_FUNCTION_ARGS)
 	Jsonb	   *dims;
 	TimestampTz ts = 0;
 	bool		has_ts;
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int64		id;
 
 	check_writable("report usage");
 	customer = StiggIdArg(fcinfo, 0, "customer_id", true);
@@ -268,35 +365,8 @@ stigg_report_usage(PG_FUNCTION_ARGS)
 	dims = dimensions_arg(fcinfo, 5);
 	has_ts = timestamp_arg(fcinfo, 6, &ts);
 
-	StiggLockUsageKey(text_to_cstring(customer), text_to_cstring(feature),
-					  text_or_null(resource), is_set);
-
-	values[0] = PointerGetDatum(customer);
-	values[1] = PointerGetDatum(feature);
-	values[2] = PointerGetDatum(resource);
-	nulls[2] = resource ? ' ' : 'n';
-	values[3] = Float8GetDatum(value);
-	values[4] = CStringGetTextDatum(is_set ? "SET" : "DELTA");
-	values[5] = PointerGetDatum(dims);
-	nulls[5] = dims ? ' ' : 'n';
-	values[6] = TimestampTzGetDatum(ts);
-	nulls[6] = has_ts ? ' ' : 'n';
-
-	SPI_connect();
-	if (usage_insert_plan == NULL)
-	{
-		Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
-
-		usage_insert_plan = prepare_insert(
-			"INSERT INTO stigg.usage_queue (customer_id, feature_id, resource_id, value,"
-			" update_behavior, dimensions, usage_timestamp)"
-			" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id", 7, types);
-	}
-	id = run_insert(usage_insert_plan, values, nulls);
-	SPI_finish();
-
-	wake_at_commit = true;
-	PG_RETURN_INT64(id);
+	PG_RETURN_INT64(StiggEnqueueUsage(customer, feature, resource, value, is_set,
+									  dims, has_ts, ts));
 }
 
 /* A random (version 4) UUID, so that every retry sends the same key. */

@@ -9,6 +9,9 @@
  *	sidecar.c		method calls, and the mapping of outcomes to SQLSTATEs
  *	pbjson.c		sidecar messages as JSON and SQL values
  *	args.c			checks of SQL arguments
+ *	cache.c			the entitlement cache and the per-statement memo
+ *	access.c		access decisions that count usage not yet acknowledged
+ *	triggers.c		stigg_enforce and stigg_track_usage
  *	entitlements.c	the SQL-callable entitlement checks
  *	queue.c			stigg_report_usage / _event / stigg_flush: the queue
  *	worker.c		the background worker that delivers the queue
@@ -19,6 +22,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 
+#include "cache.h"
 #include "guc.h"
 #include "queue.h"
 #include "worker.h"
@@ -33,5 +37,8 @@ _PG_init(void)
 	StiggDefineGucs();
 	StiggQueueInit();
 	if (process_shared_preload_libraries_in_progress)
+	{
+		StiggCacheInit();
 		StiggWorkerInit();
+	}
 }

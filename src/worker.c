@@ -64,6 +64,7 @@
 #endif
 
 #include "args.h"
+#include "cache.h"
 #include "guc.h"
 #include "pbjson.h"
 #include "sidecar.h"
@@ -535,6 +536,23 @@ settle(bool usage, QueuedRow *rows, int n,
 			mids[i] = mid_nulls[i] ? (Datum) 0 : CStringGetTextDatum(a->measurement_id);
 			usage_nulls[i] = a == NULL || !PB_HAS(a, current_usage);
 			usages[i] = usage_nulls[i] ? (Datum) 0 : Float8GetDatum(a->current_usage);
+		}
+		/*
+		 * The cache learns the acknowledged usage before the rows stop
+		 * counting as pending: in between a check counts them twice, which
+		 * errs on the safe side, never once too few.
+		 */
+		for (int i = 0; i < n && (size_t) i < n_acks; i++)
+		{
+			Stigg__Sidecar__V1__ReportUsageRequest *u =
+				(Stigg__Sidecar__V1__ReportUsageRequest *) rows[i].msg;
+			char		key[STIGG_CACHE_KEY_LEN];
+
+			if (acks[i] == NULL || !PB_HAS(acks[i], current_usage))
+				continue;
+			StiggMakeCacheKey(key, u->customer_id, PB_HAS(u, resource_id) ? u->resource_id : NULL,
+							  u->feature_id);
+			StiggCacheSetUsage(key, acks[i]->current_usage);
 		}
 		values[0] = int8_array(ids, n);
 		values[1] = PointerGetDatum(construct_md_array(mids, mid_nulls, 1, dims, lbs,
