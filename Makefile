@@ -88,8 +88,9 @@ $(GEN)/google/protobuf/%.pb-c.c $(GEN)/google/protobuf/%.pb-c.h: $(PROTO_INCLUDE
 	@mkdir -p $(GEN)
 	protoc-c -I$(PROTO_INCLUDE) --c_out=$(GEN) $<
 
-# Every object may include the generated headers.
-$(OBJS): $(PROTO_H)
+# PGXS tracks no header dependencies: every object depends on every header,
+# or a changed struct leaves stale objects behind.
+$(OBJS): $(PROTO_H) $(wildcard src/*.h)
 
 all: test/sidecar/gen/sidecar_pb2.py
 

@@ -4,10 +4,16 @@
  *
  * Stigg's rule for a metered feature: access if unlimited or soft-limited,
  * otherwise current + requested <= limit. Here "current" is the sidecar's
- * usage (cached, kept fresh by the worker's acknowledgements) with every
- * undelivered row of the key applied on top in queue order: a delta adds, a
- * set replaces. A customer at 5 of 6 who inserts one template is at 6 of 6
- * for the next check, before Stigg has heard of it.
+ * usage (cached, kept fresh by the worker's acknowledgements) with the
+ * key's queued rows applied on top in queue order: a delta adds, a set
+ * replaces. A customer at 5 of 6 who inserts one template is at 6 of 6 for
+ * the next check, before Stigg has heard of it.
+ *
+ * Which rows: every one not yet delivered, and every one delivered after the
+ * moment the usage value is as of (a fetch: just before its request; an
+ * acknowledgement: the delivered_at the worker gave its batch). Whatever
+ * the interleaving of fetches, deliveries and checks, a row is then counted
+ * in Stigg's usage, in the queue, or (briefly) in both; never in neither.
  *
  * Every other feature type, and every denial that is not about usage, is the
  * sidecar's answer as it stands.
@@ -35,6 +41,8 @@ fetch_entitlement(const char *customer, const char *feature, const char *resourc
 	Stigg__Sidecar__V1__GetEntitlementRequest req = STIGG__SIDECAR__V1__GET_ENTITLEMENT_REQUEST__INIT;
 	Stigg__Sidecar__V1__GetEntitlementResponse *resp;
 
+	/* the answer includes every row delivered before the request */
+	e->fetched_at = e->usage_as_of = GetCurrentTimestamp();
 	req.customer_id = (char *) customer;
 	req.feature_id = (char *) feature;
 	if (resource != NULL)
@@ -43,7 +51,6 @@ fetch_entitlement(const char *customer, const char *feature, const char *resourc
 		StiggSidecarCall("GetEntitlement", &req.base,
 						 &stigg__sidecar__v1__get_entitlement_response__descriptor, true);
 
-	e->fetched_at = GetCurrentTimestamp();
 	e->has_access = resp->has_access;
 	e->denied_reason = PB_HAS(resp, access_denied_reason) ? resp->access_denied_reason : 0;
 	switch (resp->entitlement_case)
@@ -81,22 +88,27 @@ fetch_entitlement(const char *customer, const char *feature, const char *resourc
 }
 
 /*
- * Usage of the key with its undelivered rows applied, read as the
- * extension's owner (the queue is closed to PUBLIC).
+ * The undelivered rows of the key, folded: sets *has_set and returns the
+ * value of the last SET plus the deltas after it, or, with no SET, the sum
+ * of the deltas. Read as the extension's owner (the queue is closed to
+ * PUBLIC).
  */
 static double
-apply_pending(const char *customer, const char *feature, const char *resource,
-			  double usage, bool latest)
+pending_usage(const char *customer, const char *feature, const char *resource,
+			  TimestampTz as_of, bool latest, bool *has_set)
 {
-	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
+	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 	int			rc;
+	double		v = 0;
 
 	values[0] = CStringGetTextDatum(customer);
 	values[1] = CStringGetTextDatum(feature);
 	values[2] = resource ? CStringGetTextDatum(resource) : (Datum) 0;
 	nulls[2] = resource ? ' ' : 'n';
+	values[3] = TimestampTzGetDatum(as_of);
+	*has_set = false;
 
 	StiggBeginAsOwner();
 	SPI_connect();
@@ -104,13 +116,22 @@ apply_pending(const char *customer, const char *feature, const char *resource,
 	{
 		/* operators spelt out: the plan is cached across callers' search_paths */
 		pending_plan = SPI_prepare(
-			"SELECT update_behavior OPERATOR(pg_catalog.=) 'SET', value"
-			"  FROM stigg.usage_queue"
-			" WHERE state OPERATOR(pg_catalog.<>) 'delivered'"
-			"   AND customer_id OPERATOR(pg_catalog.=) $1"
-			"   AND feature_id OPERATOR(pg_catalog.=) $2"
-			"   AND (resource_id OPERATOR(pg_catalog.=) $3 OR (resource_id IS NULL AND $3 IS NULL))"
-			" ORDER BY id", 3, types);
+			"SELECT is_set, value FROM ("
+			" SELECT id, update_behavior OPERATOR(pg_catalog.=) 'SET' AS is_set, value"
+			"   FROM stigg.usage_queue"
+			"  WHERE state OPERATOR(pg_catalog.<>) 'delivered'"
+			"    AND customer_id OPERATOR(pg_catalog.=) $1"
+			"    AND feature_id OPERATOR(pg_catalog.=) $2"
+			"    AND (resource_id OPERATOR(pg_catalog.=) $3 OR (resource_id IS NULL AND $3 IS NULL))"
+			" UNION ALL"
+			" SELECT id, update_behavior OPERATOR(pg_catalog.=) 'SET', value"
+			"   FROM stigg.usage_queue"
+			"  WHERE state OPERATOR(pg_catalog.=) 'delivered'"
+			"    AND delivered_at OPERATOR(pg_catalog.>) $4"
+			"    AND customer_id OPERATOR(pg_catalog.=) $1"
+			"    AND feature_id OPERATOR(pg_catalog.=) $2"
+			"    AND (resource_id OPERATOR(pg_catalog.=) $3 OR (resource_id IS NULL AND $3 IS NULL))"
+			") q ORDER BY id", 4, types);
 		if (pending_plan == NULL || SPI_keepplan(pending_plan) != 0)
 			elog(ERROR, "could not prepare the pending-usage query");
 	}
@@ -125,13 +146,31 @@ apply_pending(const char *customer, const char *feature, const char *resource,
 	{
 		bool		isnull;
 		bool		is_set = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		double		v = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		double		row = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 
-		usage = is_set ? v : usage + v;
+		if (is_set)
+		{
+			*has_set = true;
+			v = row;
+		}
+		else
+			v += row;
 	}
 	SPI_finish();
 	StiggEndAsOwner();
-	return usage;
+	return v;
+}
+
+/* From the cache, or from the sidecar into the cache. */
+static void
+get_entitlement(const char *customer, const char *feature, const char *resource,
+				StiggEntitlement *e)
+{
+	if (!StiggCacheLookup(e->key, e))
+	{
+		fetch_entitlement(customer, feature, resource, e);
+		StiggCacheStore(e);
+	}
 }
 
 void
@@ -150,11 +189,7 @@ StiggCheckAccess(const char *customer, const char *feature, const char *resource
 		out->has_access = memo_answer;
 		return;
 	}
-	if (!StiggCacheLookup(e->key, e))
-	{
-		fetch_entitlement(customer, feature, resource, e);
-		StiggCacheStore(e);
-	}
+	get_entitlement(customer, feature, resource, e);
 
 	if (e->kind != STIGG_KIND_METERED ||
 		(e->denied_reason != 0 &&
@@ -164,10 +199,16 @@ StiggCheckAccess(const char *customer, const char *feature, const char *resource
 		out->has_access = true;
 	else
 	{
+		bool		has_set;
+		double		pending;
+
 		if (gate)
 			StiggLockUsageKey(customer, feature, resource, true);
-		out->effective_usage = apply_pending(customer, feature, resource,
-											 e->current_usage, gate);
+
+		/* Stigg's usage as of some moment, then every row not in it */
+		get_entitlement(customer, feature, resource, e);
+		pending = pending_usage(customer, feature, resource, e->usage_as_of, gate, &has_set);
+		out->effective_usage = has_set ? pending : e->current_usage + pending;
 		out->has_access = e->has_limit &&
 			out->effective_usage + requested <= e->usage_limit;
 	}

@@ -244,12 +244,23 @@ StiggCacheStore(const StiggEntitlement *src)
 		evict(h, GetCurrentTimestamp());
 	e = hash_search(h, src->key, HASH_ENTER_NULL, &found);
 	if (e != NULL)
+	{
+		double		usage = e->current_usage;
+		TimestampTz as_of = e->usage_as_of;
+
+		/* a slow fetch must not replace a newer acknowledgement's usage */
 		memcpy(e, src, sizeof(*e));
+		if (found && as_of > src->usage_as_of && e->kind == STIGG_KIND_METERED)
+		{
+			e->current_usage = usage;
+			e->usage_as_of = as_of;
+		}
+	}
 	unlock_cache();
 }
 
 void
-StiggCacheSetUsage(const char *key, double current_usage)
+StiggCacheSetUsage(const char *key, double current_usage, TimestampTz as_of)
 {
 	StiggEntitlement *e;
 
@@ -257,8 +268,11 @@ StiggCacheSetUsage(const char *key, double current_usage)
 		return;
 	lock_cache(LW_EXCLUSIVE);
 	e = hash_search(the_cache(), key, HASH_FIND, NULL);
-	if (e != NULL && e->kind == STIGG_KIND_METERED)
+	if (e != NULL && e->kind == STIGG_KIND_METERED && as_of >= e->usage_as_of)
+	{
 		e->current_usage = current_usage;
+		e->usage_as_of = as_of;
+	}
 	unlock_cache();
 }
 

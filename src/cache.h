@@ -33,7 +33,8 @@ typedef struct StiggEntitlement
 	bool		has_soft_limit;
 	bool		has_limit;
 	double		usage_limit;
-	double		current_usage;
+	double		current_usage;	/* includes every row delivered up to usage_as_of */
+	TimestampTz usage_as_of;
 	TimestampTz period_end;		/* 0 when usage never resets */
 } StiggEntitlement;
 
@@ -44,8 +45,11 @@ extern void StiggMakeCacheKey(char *key, const char *customer, const char *resou
 extern bool StiggCacheLookup(const char *key, StiggEntitlement *out);
 extern void StiggCacheStore(const StiggEntitlement *e);
 extern int64 StiggCacheInvalidate(const char *customer);
-/* An acknowledged report: the sidecar's current usage for the key. */
-extern void StiggCacheSetUsage(const char *key, double current_usage);
+/*
+ * An acknowledged report: the sidecar's current usage for the key, which
+ * includes every row delivered up to as_of (the worker's delivered_at).
+ */
+extern void StiggCacheSetUsage(const char *key, double current_usage, TimestampTz as_of);
 
 /* Per statement: answers of checks that did not lock (see access.c). */
 extern bool StiggMemoLookup(const char *key, double requested, bool *answer);

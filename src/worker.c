@@ -513,14 +513,15 @@ settle(bool usage, QueuedRow *rows, int n,
 	   Stigg__Sidecar__V1__ReportUsageResponse **acks, size_t n_acks)
 {
 	int64	   *ids = palloc(sizeof(int64) * Max(n, 1));
+	TimestampTz delivered_at = GetCurrentTimestamp();
 
 	for (int i = 0; i < n; i++)
 		ids[i] = rows[i].id;
 	begin_tx(usage ? "settling delivered usage" : "settling delivered events");
 	if (usage)
 	{
-		Oid			types[3] = {INT8ARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID};
-		Datum		values[3];
+		Oid			types[4] = {INT8ARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, TIMESTAMPTZOID};
+		Datum		values[4];
 		Datum	   *mids = palloc(sizeof(Datum) * Max(n, 1));
 		Datum	   *usages = palloc(sizeof(Datum) * Max(n, 1));
 		bool	   *mid_nulls = palloc0(sizeof(bool) * Max(n, 1));
@@ -538,9 +539,8 @@ settle(bool usage, QueuedRow *rows, int n,
 			usages[i] = usage_nulls[i] ? (Datum) 0 : Float8GetDatum(a->current_usage);
 		}
 		/*
-		 * The cache learns the acknowledged usage before the rows stop
-		 * counting as pending: in between a check counts them twice, which
-		 * errs on the safe side, never once too few.
+		 * The acknowledged usage includes these rows: it is as of their
+		 * delivered_at (see access.c).
 		 */
 		for (int i = 0; i < n && (size_t) i < n_acks; i++)
 		{
@@ -552,17 +552,18 @@ settle(bool usage, QueuedRow *rows, int n,
 				continue;
 			StiggMakeCacheKey(key, u->customer_id, PB_HAS(u, resource_id) ? u->resource_id : NULL,
 							  u->feature_id);
-			StiggCacheSetUsage(key, acks[i]->current_usage);
+			StiggCacheSetUsage(key, acks[i]->current_usage, delivered_at);
 		}
 		values[0] = int8_array(ids, n);
 		values[1] = PointerGetDatum(construct_md_array(mids, mid_nulls, 1, dims, lbs,
 													   TEXTOID, -1, false, TYPALIGN_INT));
 		values[2] = PointerGetDatum(construct_md_array(usages, usage_nulls, 1, dims, lbs,
 													   FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		exec_or_fail("UPDATE stigg.usage_queue q SET state = 'delivered', delivered_at = clock_timestamp(),"
+		values[3] = TimestampTzGetDatum(delivered_at);
+		exec_or_fail("UPDATE stigg.usage_queue q SET state = 'delivered', delivered_at = $4,"
 					 " lease_until = NULL, measurement_id = a.measurement_id, current_usage = a.current_usage"
 					 " FROM unnest($1, $2, $3) AS a(id, measurement_id, current_usage)"
-					 " WHERE q.id = a.id", 3, types, values, NULL, SPI_OK_UPDATE);
+					 " WHERE q.id = a.id", 4, types, values, NULL, SPI_OK_UPDATE);
 	}
 	else
 	{
