@@ -60,6 +60,8 @@ OBJS = \
 	src/access.o \
 	src/entitlements.o \
 	src/triggers.o \
+	src/fallback.o \
+	src/stats.o \
 	src/queue.o \
 	src/worker.o \
 	$(PROTO_C:.c=.o)

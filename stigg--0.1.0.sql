@@ -302,3 +302,41 @@ CREATE FUNCTION stigg_track_usage()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'stigg_track_usage'
 LANGUAGE C;
+
+-- ---- when the sidecar cannot answer ----
+
+-- Like the SDKs' entitlementsFallback; used when stigg.on_sidecar_error = fallback.
+CREATE TABLE stigg.fallback_entitlements (
+    feature_id text PRIMARY KEY,
+    has_access boolean NOT NULL,
+    value integer,
+    usage_limit float8,
+    is_unlimited boolean NOT NULL DEFAULT false,
+    enum_values text[]
+);
+SELECT pg_catalog.pg_extension_config_dump('stigg.fallback_entitlements', '');
+REVOKE ALL ON stigg.fallback_entitlements FROM PUBLIC;
+
+-- ---- statistics ----
+
+CREATE FUNCTION stigg.stats_counters(OUT name text, OUT value bigint, OUT since timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stigg_stats_counters'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION stigg.stats_latency(OUT round_trips bigint, OUT p50_ms float8,
+                                    OUT p90_ms float8, OUT p99_ms float8,
+                                    OUT since timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'stigg_stats_latency'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE VIEW stigg.stats AS SELECT * FROM stigg.stats_counters();
+CREATE VIEW stigg.stats_latency AS SELECT * FROM stigg.stats_latency();
+
+CREATE FUNCTION stigg_stats_reset()
+RETURNS void
+AS 'MODULE_PATHNAME', 'stigg_stats_reset'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+REVOKE ALL ON FUNCTION stigg_stats_reset() FROM PUBLIC;
+GRANT SELECT ON stigg.stats, stigg.stats_latency TO pg_monitor;

@@ -28,6 +28,7 @@
 #include "utils/timestamp.h"
 
 #include "access.h"
+#include "fallback.h"
 #include "pbjson.h"
 #include "queue.h"
 #include "sidecar.h"
@@ -40,6 +41,7 @@ fetch_entitlement(const char *customer, const char *feature, const char *resourc
 {
 	Stigg__Sidecar__V1__GetEntitlementRequest req = STIGG__SIDECAR__V1__GET_ENTITLEMENT_REQUEST__INIT;
 	Stigg__Sidecar__V1__GetEntitlementResponse *resp;
+	StiggCallResult res;
 
 	/* the answer includes every row delivered before the request */
 	e->fetched_at = e->usage_as_of = GetCurrentTimestamp();
@@ -48,8 +50,28 @@ fetch_entitlement(const char *customer, const char *feature, const char *resourc
 	if (resource != NULL)
 		PB_SET(&req, resource_id, (char *) resource);
 	resp = (Stigg__Sidecar__V1__GetEntitlementResponse *)
-		StiggSidecarCall("GetEntitlement", &req.base,
-						 &stigg__sidecar__v1__get_entitlement_response__descriptor, true);
+		StiggSidecarInvoke("GetEntitlement", &req.base,
+						   &stigg__sidecar__v1__get_entitlement_response__descriptor, true, &res);
+	if (resp == NULL)
+	{
+		StiggFallback fb;
+
+		if (!StiggUseFallback("GetEntitlement", feature, &res, &fb))
+			StiggRaiseCallError("GetEntitlement", &res);
+		e->is_fallback = true;
+		e->has_access = fb.found && fb.has_access;
+		e->denied_reason = fb.found ? 0 : STIGG__SIDECAR__V1__ACCESS_DENIED_REASON__ACCESS_DENIED_REASON_UNKNOWN;
+		e->is_unlimited = fb.is_unlimited;
+		e->has_limit = fb.has_limit;
+		e->usage_limit = fb.usage_limit;
+		e->kind = !fb.found ? STIGG_KIND_NONE :
+			(fb.has_limit || fb.is_unlimited) ? STIGG_KIND_METERED :
+			fb.has_value ? STIGG_KIND_NUMERIC :
+			fb.n_enum_values > 0 ? STIGG_KIND_ENUM : STIGG_KIND_BOOLEAN;
+		if (e->kind == STIGG_KIND_METERED && !e->has_access)
+			e->denied_reason = STIGG__SIDECAR__V1__ACCESS_DENIED_REASON__ACCESS_DENIED_REASON_UNKNOWN;
+		return;					/* Stigg's usage unknown: only the queue counts */
+	}
 
 	e->has_access = resp->has_access;
 	e->denied_reason = PB_HAS(resp, access_denied_reason) ? resp->access_denied_reason : 0;

@@ -36,10 +36,9 @@
 
 #include "cache.h"
 #include "guc.h"
+#include "stats.h"
 
 #define LOCAL_CACHE_SIZE 1000
-
-StiggCacheCounters StiggCacheStats;
 
 static HTAB *shared_cache = NULL;
 static LWLock *cache_lock = NULL;
@@ -193,10 +192,7 @@ StiggCacheLookup(const char *key, StiggEntitlement *out)
 		found = true;
 	}
 	unlock_cache();
-	if (found)
-		StiggCacheStats.cache_hits++;
-	else
-		StiggCacheStats.cache_misses++;
+	StiggStatCount(found ? STIGG_STAT_CACHE_HITS : STIGG_STAT_CACHE_MISSES);
 	return found;
 }
 
@@ -235,7 +231,7 @@ StiggCacheStore(const StiggEntitlement *src)
 	StiggEntitlement *e;
 	bool		found;
 
-	if (stigg_cache_ttl_ms <= 0)
+	if (stigg_cache_ttl_ms <= 0 || src->is_fallback)
 		return;
 	h = the_cache();
 	lock_cache(LW_EXCLUSIVE);
@@ -346,7 +342,7 @@ StiggMemoLookup(const char *key, double requested, bool *answer)
 	if (e == NULL)
 		return false;
 	*answer = e->answer;
-	StiggCacheStats.memo_hits++;
+	StiggStatCount(STIGG_STAT_MEMO_HITS);
 	return true;
 }
 

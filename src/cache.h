@@ -36,6 +36,7 @@ typedef struct StiggEntitlement
 	double		current_usage;	/* includes every row delivered up to usage_as_of */
 	TimestampTz usage_as_of;
 	TimestampTz period_end;		/* 0 when usage never resets */
+	bool		is_fallback;	/* from stigg.fallback_entitlements: never cached */
 } StiggEntitlement;
 
 extern void StiggCacheInit(void);	/* from _PG_init when preloaded */
@@ -55,14 +56,5 @@ extern void StiggCacheSetUsage(const char *key, double current_usage, TimestampT
 extern bool StiggMemoLookup(const char *key, double requested, bool *answer);
 extern void StiggMemoStore(const char *key, double requested, bool answer);
 extern void StiggMemoReset(void);
-
-/* counters for stigg.stats (this backend) */
-typedef struct StiggCacheCounters
-{
-	int64		memo_hits;
-	int64		cache_hits;
-	int64		cache_misses;
-} StiggCacheCounters;
-extern StiggCacheCounters StiggCacheStats;
 
 #endif							/* STIGG_CACHE_H */

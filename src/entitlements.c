@@ -27,8 +27,10 @@
 #include "access.h"
 #include "args.h"
 #include "cache.h"
+#include "fallback.h"
 #include "pbjson.h"
 #include "sidecar.h"
+#include "stats.h"
 
 /* More requested enum values than any enum feature has. */
 #define STIGG_MAX_REQUESTED_VALUES 1000
@@ -114,6 +116,33 @@ requested_values_arg(FunctionCallInfo fcinfo, int argno, size_t *n)
 	return values;
 }
 
+/*
+ * A typed call, or NULL with *fb filled when stigg.on_sidecar_error =
+ * fallback answers instead; any other failure is raised.
+ */
+static ProtobufCMessage *
+call_or_fallback(const char *method, const ProtobufCMessage *req,
+				 const ProtobufCMessageDescriptor *desc, const char *feature,
+				 StiggFallback *fb)
+{
+	StiggCallResult res;
+	ProtobufCMessage *resp = StiggSidecarInvoke(method, req, desc, true, &res);
+
+	if (resp == NULL && !StiggUseFallback(method, feature, &res, fb))
+		StiggRaiseCallError(method, &res);
+	return resp;
+}
+
+/* The header of a fallback answer: the row's access, or the SDK default. */
+#define FALLBACK_HEADER(r, fb) \
+	do { \
+		(r)->has_access = (fb)->found && (fb)->has_access; \
+		(r)->is_fallback = true; \
+		if (!(fb)->found) \
+			PB_SET((r), access_denied_reason, \
+				   STIGG__SIDECAR__V1__ACCESS_DENIED_REASON__ACCESS_DENIED_REASON_UNKNOWN); \
+	} while (0)
+
 static Datum
 jsonb_from_text(StringInfo json)
 {
@@ -137,6 +166,7 @@ stigg_has_access(PG_FUNCTION_ARGS)
 	bool		gate;
 	StiggAccess a;
 
+	StiggStatCount(STIGG_STAT_HAS_ACCESS);
 	(void) requested_usage_arg(fcinfo, 3, &requested);
 	gate = requested > 0 && !RecoveryInProgress() && !XactReadOnly;
 	StiggCheckAccess(customer, feature, resource, requested, gate, &a);
@@ -170,6 +200,7 @@ stigg_get_entitlement(PG_FUNCTION_ARGS)
 	if (any_option)
 		PB_SET(&req, options, &opts);
 
+	StiggStatCount(STIGG_STAT_GET_ENTITLEMENT);
 	resp = (Stigg__Sidecar__V1__GetEntitlementResponse *)
 		StiggSidecarCall("GetEntitlement", &req.base,
 						 &stigg__sidecar__v1__get_entitlement_response__descriptor, true);
@@ -183,6 +214,9 @@ stigg_get_boolean_entitlement(PG_FUNCTION_ARGS)
 {
 	Stigg__Sidecar__V1__GetBooleanEntitlementRequest req = STIGG__SIDECAR__V1__GET_BOOLEAN_ENTITLEMENT_REQUEST__INIT;
 	Stigg__Sidecar__V1__GetBooleanEntitlementResponse *resp;
+	Stigg__Sidecar__V1__GetBooleanEntitlementResponse fallback = STIGG__SIDECAR__V1__GET_BOOLEAN_ENTITLEMENT_RESPONSE__INIT;
+	Stigg__Sidecar__V1__BooleanEntitlement fallback_entitlement = STIGG__SIDECAR__V1__BOOLEAN_ENTITLEMENT__INIT;
+	StiggFallback fb;
 	StringInfoData json;
 	char	   *resource;
 
@@ -192,9 +226,17 @@ stigg_get_boolean_entitlement(PG_FUNCTION_ARGS)
 	if (resource != NULL)
 		PB_SET(&req, resource_id, resource);
 
+	StiggStatCount(STIGG_STAT_GET_ENTITLEMENT);
 	resp = (Stigg__Sidecar__V1__GetBooleanEntitlementResponse *)
-		StiggSidecarCall("GetBooleanEntitlement", &req.base,
-						 &stigg__sidecar__v1__get_boolean_entitlement_response__descriptor, true);
+		call_or_fallback("GetBooleanEntitlement", &req.base,
+						 &stigg__sidecar__v1__get_boolean_entitlement_response__descriptor,
+						 req.feature_id, &fb);
+	if (resp == NULL)
+	{
+		resp = &fallback;
+		FALLBACK_HEADER(resp, &fb);
+		resp->entitlement = &fallback_entitlement;
+	}
 	initStringInfo(&json);
 	StiggJsonBooleanResponse(&json, resp);
 	PG_RETURN_DATUM(jsonb_from_text(&json));
@@ -205,6 +247,9 @@ stigg_get_numeric_entitlement(PG_FUNCTION_ARGS)
 {
 	Stigg__Sidecar__V1__GetNumericEntitlementRequest req = STIGG__SIDECAR__V1__GET_NUMERIC_ENTITLEMENT_REQUEST__INIT;
 	Stigg__Sidecar__V1__GetNumericEntitlementResponse *resp;
+	Stigg__Sidecar__V1__GetNumericEntitlementResponse fallback = STIGG__SIDECAR__V1__GET_NUMERIC_ENTITLEMENT_RESPONSE__INIT;
+	Stigg__Sidecar__V1__NumericEntitlement fallback_entitlement = STIGG__SIDECAR__V1__NUMERIC_ENTITLEMENT__INIT;
+	StiggFallback fb;
 	StringInfoData json;
 	char	   *resource;
 
@@ -214,9 +259,20 @@ stigg_get_numeric_entitlement(PG_FUNCTION_ARGS)
 	if (resource != NULL)
 		PB_SET(&req, resource_id, resource);
 
+	StiggStatCount(STIGG_STAT_GET_ENTITLEMENT);
 	resp = (Stigg__Sidecar__V1__GetNumericEntitlementResponse *)
-		StiggSidecarCall("GetNumericEntitlement", &req.base,
-						 &stigg__sidecar__v1__get_numeric_entitlement_response__descriptor, true);
+		call_or_fallback("GetNumericEntitlement", &req.base,
+						 &stigg__sidecar__v1__get_numeric_entitlement_response__descriptor,
+						 req.feature_id, &fb);
+	if (resp == NULL)
+	{
+		resp = &fallback;
+		FALLBACK_HEADER(resp, &fb);
+		if (fb.has_value)
+			PB_SET(&fallback_entitlement, value, fb.value);
+		fallback_entitlement.is_unlimited = fb.is_unlimited;
+		resp->entitlement = &fallback_entitlement;
+	}
 	initStringInfo(&json);
 	StiggJsonNumericResponse(&json, resp);
 	PG_RETURN_DATUM(jsonb_from_text(&json));
@@ -228,6 +284,9 @@ stigg_get_metered_entitlement(PG_FUNCTION_ARGS)
 	Stigg__Sidecar__V1__GetMeteredEntitlementRequest req = STIGG__SIDECAR__V1__GET_METERED_ENTITLEMENT_REQUEST__INIT;
 	Stigg__Sidecar__V1__MeteredEntitlementOptions opts = STIGG__SIDECAR__V1__METERED_ENTITLEMENT_OPTIONS__INIT;
 	Stigg__Sidecar__V1__GetMeteredEntitlementResponse *resp;
+	Stigg__Sidecar__V1__GetMeteredEntitlementResponse fallback = STIGG__SIDECAR__V1__GET_METERED_ENTITLEMENT_RESPONSE__INIT;
+	Stigg__Sidecar__V1__MeteredEntitlement fallback_entitlement = STIGG__SIDECAR__V1__METERED_ENTITLEMENT__INIT;
+	StiggFallback fb;
 	StringInfoData json;
 	char	   *resource;
 	double		requested;
@@ -243,9 +302,23 @@ stigg_get_metered_entitlement(PG_FUNCTION_ARGS)
 		PB_SET(&req, options, &opts);
 	}
 
+	StiggStatCount(STIGG_STAT_GET_ENTITLEMENT);
 	resp = (Stigg__Sidecar__V1__GetMeteredEntitlementResponse *)
-		StiggSidecarCall("GetMeteredEntitlement", &req.base,
-						 &stigg__sidecar__v1__get_metered_entitlement_response__descriptor, true);
+		call_or_fallback("GetMeteredEntitlement", &req.base,
+						 &stigg__sidecar__v1__get_metered_entitlement_response__descriptor,
+						 req.feature_id, &fb);
+	if (resp == NULL)
+	{
+		resp = &fallback;
+		FALLBACK_HEADER(resp, &fb);
+		if (fb.has_limit)
+			PB_SET(&fallback_entitlement, usage_limit, fb.usage_limit);
+		fallback_entitlement.is_unlimited = fb.is_unlimited;
+		PB_SET(&fallback_entitlement, reset_period,
+			   STIGG__SIDECAR__V1__ENTITLEMENT_RESET_PERIOD__ENTITLEMENT_RESET_PERIOD_UNSPECIFIED);
+		resp->requested_usage = PB_HAS(&opts, requested_usage) ? opts.requested_usage : 0;
+		resp->entitlement = &fallback_entitlement;
+	}
 	initStringInfo(&json);
 	StiggJsonMeteredResponse(&json, resp);
 	PG_RETURN_DATUM(jsonb_from_text(&json));
@@ -257,6 +330,9 @@ stigg_get_enum_entitlement(PG_FUNCTION_ARGS)
 	Stigg__Sidecar__V1__GetEnumEntitlementRequest req = STIGG__SIDECAR__V1__GET_ENUM_ENTITLEMENT_REQUEST__INIT;
 	Stigg__Sidecar__V1__EnumEntitlementOptions opts = STIGG__SIDECAR__V1__ENUM_ENTITLEMENT_OPTIONS__INIT;
 	Stigg__Sidecar__V1__GetEnumEntitlementResponse *resp;
+	Stigg__Sidecar__V1__GetEnumEntitlementResponse fallback = STIGG__SIDECAR__V1__GET_ENUM_ENTITLEMENT_RESPONSE__INIT;
+	Stigg__Sidecar__V1__EnumEntitlement fallback_entitlement = STIGG__SIDECAR__V1__ENUM_ENTITLEMENT__INIT;
+	StiggFallback fb;
 	StringInfoData json;
 	char	   *resource;
 
@@ -269,9 +345,31 @@ stigg_get_enum_entitlement(PG_FUNCTION_ARGS)
 	if (opts.n_requested_values > 0)
 		PB_SET(&req, options, &opts);
 
+	StiggStatCount(STIGG_STAT_GET_ENTITLEMENT);
 	resp = (Stigg__Sidecar__V1__GetEnumEntitlementResponse *)
-		StiggSidecarCall("GetEnumEntitlement", &req.base,
-						 &stigg__sidecar__v1__get_enum_entitlement_response__descriptor, true);
+		call_or_fallback("GetEnumEntitlement", &req.base,
+						 &stigg__sidecar__v1__get_enum_entitlement_response__descriptor,
+						 req.feature_id, &fb);
+	if (resp == NULL)
+	{
+		resp = &fallback;
+		FALLBACK_HEADER(resp, &fb);
+		fallback_entitlement.n_enum_values = fb.n_enum_values;
+		fallback_entitlement.enum_values = fb.enum_values;
+		resp->n_requested_values = opts.n_requested_values;
+		resp->requested_values = opts.requested_values;
+		/* requested values outside the fallback's values are denied */
+		for (size_t i = 0; i < opts.n_requested_values && fb.n_enum_values > 0; i++)
+		{
+			bool		ok = false;
+
+			for (int j = 0; j < fb.n_enum_values; j++)
+				ok |= strcmp(opts.requested_values[i], fb.enum_values[j]) == 0;
+			if (!ok)
+				resp->has_access = false;
+		}
+		resp->entitlement = &fallback_entitlement;
+	}
 	initStringInfo(&json);
 	StiggJsonEnumResponse(&json, resp);
 	PG_RETURN_DATUM(jsonb_from_text(&json));
@@ -290,6 +388,7 @@ stigg_get_entitlements(PG_FUNCTION_ARGS)
 	if (resource != NULL)
 		PB_SET(&req, resource_id, resource);
 
+	StiggStatCount(STIGG_STAT_GET_ENTITLEMENT);
 	resp = (Stigg__Sidecar__V1__GetEntitlementsResponse *)
 		StiggSidecarCall("GetEntitlements", &req.base,
 						 &stigg__sidecar__v1__get_entitlements_response__descriptor, true);
@@ -488,6 +587,7 @@ stigg_entitlements(PG_FUNCTION_ARGS)
 	if (resource != NULL)
 		PB_SET(&req, resource_id, resource);
 
+	StiggStatCount(STIGG_STAT_ENTITLEMENTS);
 	materialize_srf(fcinfo);
 	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 
@@ -522,6 +622,7 @@ stigg_reload_entitlements(PG_FUNCTION_ARGS)
 	if (resource != NULL)
 		PB_SET(&req, resource_id, resource);
 
+	StiggStatCount(STIGG_STAT_RELOAD);
 	resp = (Stigg__Sidecar__V1__ReloadEntitlementsResponse *)
 		StiggSidecarCall("ReloadEntitlements", &req.base,
 						 &stigg__sidecar__v1__reload_entitlements_response__descriptor, true);

@@ -26,6 +26,13 @@ int			stigg_timeout_ms = 1000;
 int			stigg_cache_ttl_ms = 5000;
 int			stigg_cache_size = 10000;
 bool		stigg_enforce_enabled = true;
+int			stigg_on_sidecar_error = STIGG_ON_ERROR_ERROR;
+
+static const struct config_enum_entry on_error_options[] = {
+	{"error", STIGG_ON_ERROR_ERROR, false},
+	{"fallback", STIGG_ON_ERROR_FALLBACK, false},
+	{NULL, 0, false}
+};
 char	   *stigg_database = NULL;
 int			stigg_batch_size = 500;
 int			stigg_worker_naptime_ms = 10000;
@@ -104,6 +111,16 @@ StiggDefineGucs(void)
 							PGC_USERSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("stigg.on_sidecar_error",
+							 "What an entitlement check does when the sidecar cannot answer.",
+							 "error raises the call's error; fallback answers from stigg.fallback_entitlements.",
+							 &stigg_on_sidecar_error,
+							 STIGG_ON_ERROR_ERROR,
+							 on_error_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("stigg.enforce",
 							 "Whether stigg_enforce triggers check entitlements.",

@@ -17,6 +17,13 @@ extern int	stigg_cache_ttl_ms;
 extern int	stigg_cache_size;
 extern bool stigg_enforce_enabled;
 
+typedef enum StiggOnError
+{
+	STIGG_ON_ERROR_ERROR,
+	STIGG_ON_ERROR_FALLBACK
+} StiggOnError;
+extern int	stigg_on_sidecar_error;
+
 /* the background worker (worker.c) */
 extern char *stigg_database;
 extern int	stigg_batch_size;

@@ -53,6 +53,7 @@
 #include "guc.h"
 #include "pbjson.h"
 #include "queue.h"
+#include "stats.h"
 #include "worker.h"
 
 #define USAGE_KEY_LOCK_SUBID 3
@@ -347,6 +348,7 @@ stigg_report_usage(PG_FUNCTION_ARGS)
 	TimestampTz ts = 0;
 	bool		has_ts;
 
+	StiggStatCount(STIGG_STAT_REPORT_USAGE);
 	check_writable("report usage");
 	customer = StiggIdArg(fcinfo, 0, "customer_id", true);
 	feature = StiggIdArg(fcinfo, 1, "feature_id", true);
@@ -398,6 +400,7 @@ stigg_report_event(PG_FUNCTION_ARGS)
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	int64		id;
 
+	StiggStatCount(STIGG_STAT_REPORT_EVENT);
 	check_writable("report events");
 	customer = StiggIdArg(fcinfo, 0, "customer_id", true);
 	event_name = StiggIdArg(fcinfo, 1, "event_name", true);

@@ -12,9 +12,11 @@
 
 #include "miscadmin.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "guc.h"
 #include "sidecar.h"
+#include "stats.h"
 static void *
 pb_alloc(void *allocator_data, size_t size)
 {
@@ -86,6 +88,8 @@ static void
 raise_call_error(const char *method, const StiggEndpoint *ep,
 				 const StiggCallResult *res)
 {
+	if (res->status == STIGG_CALL_OK)
+		elog(ERROR, "no error to raise for %s", method);
 	switch (res->status)
 	{
 		case STIGG_CALL_OK:
@@ -172,13 +176,16 @@ StiggSidecarInvoke(const char *method, const ProtobufCMessage *request,
 	ProtobufCMessage *response;
 	size_t		len;
 	uint8_t    *buf;
+	TimestampTz start;
 
 	len = protobuf_c_message_get_packed_size(request);
 	buf = palloc(len > 0 ? len : 1);
 	protobuf_c_message_pack(request, buf);
 
 	endpoint_from_settings(&ep);
+	start = GetCurrentTimestamp();
 	StiggTransportCall(&ep, method, buf, len, idempotent, res);
+	StiggStatCall(res, (int64) (GetCurrentTimestamp() - start));
 	pfree(buf);
 	if (res->status != STIGG_CALL_OK)
 		return NULL;
@@ -208,13 +215,18 @@ StiggSidecarCall(const char *method, const ProtobufCMessage *request,
 
 	response = StiggSidecarInvoke(method, request, response_type, idempotent, &res);
 	if (response == NULL)
-	{
-		StiggEndpoint ep;
-
-		endpoint_from_settings(&ep);
-		raise_call_error(method, &ep, &res);
-	}
+		StiggRaiseCallError(method, &res);
 	return response;
+}
+
+void
+StiggRaiseCallError(const char *method, const StiggCallResult *res)
+{
+	StiggEndpoint ep;
+
+	endpoint_from_settings(&ep);
+	raise_call_error(method, &ep, res);
+	pg_unreachable();			/* every case of raise_call_error raises */
 }
 
 bool

@@ -32,6 +32,9 @@ extern ProtobufCMessage *StiggSidecarInvoke(const char *method,
 											bool idempotent,
 											StiggCallResult *result);
 
+/* Raises the SQL error of a failed call (see the README's error table). */
+extern void StiggRaiseCallError(const char *method, const StiggCallResult *result) pg_attribute_noreturn();
+
 /* Whether a failed call may succeed later unchanged (sidecar down, busy). */
 extern bool StiggCallIsRetryable(const StiggCallResult *result);
 

@@ -12,6 +12,8 @@
  *	cache.c			the entitlement cache and the per-statement memo
  *	access.c		access decisions that count usage not yet acknowledged
  *	triggers.c		stigg_enforce and stigg_track_usage
+ *	fallback.c		answers from stigg.fallback_entitlements
+ *	stats.c			counters and latencies for stigg.stats
  *	entitlements.c	the SQL-callable entitlement checks
  *	queue.c			stigg_report_usage / _event / stigg_flush: the queue
  *	worker.c		the background worker that delivers the queue
@@ -25,6 +27,7 @@
 #include "cache.h"
 #include "guc.h"
 #include "queue.h"
+#include "stats.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -39,6 +42,7 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 	{
 		StiggCacheInit();
+		StiggStatsInit();
 		StiggWorkerInit();
 	}
 }

@@ -36,6 +36,7 @@
 #include "guc.h"
 #include "queue.h"
 #include "sidecar.pb-c.h"
+#include "stats.h"
 
 PG_FUNCTION_INFO_V1(stigg_enforce);
 PG_FUNCTION_INFO_V1(stigg_track_usage);
@@ -234,7 +235,10 @@ same_text(text *a, text *b)
 static void
 deny(TriggerSpec *spec, const char *customer, const char *resource, StiggAccess *a)
 {
-	const ProtobufCEnumValue *reason = a->ent.denied_reason ?
+	const ProtobufCEnumValue *reason;
+
+	StiggStatCount(STIGG_STAT_DENIED);
+	reason = a->ent.denied_reason ?
 		protobuf_c_enum_descriptor_get_value(&stigg__sidecar__v1__access_denied_reason__descriptor,
 											 a->ent.denied_reason) : NULL;
 
@@ -288,6 +292,7 @@ stigg_enforce(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("stigg_enforce must be a BEFORE INSERT or UPDATE trigger FOR EACH ROW")));
+	StiggStatCount(STIGG_STAT_ENFORCE);
 	newtup = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
 	spec = trigger_spec(fcinfo, "stigg_enforce");
 	if (!stigg_enforce_enabled)
@@ -393,6 +398,7 @@ stigg_track_usage(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("stigg_track_usage must be an AFTER INSERT, UPDATE or DELETE trigger")));
+	StiggStatCount(STIGG_STAT_TRACK_USAGE);
 	spec = trigger_spec(fcinfo, "stigg_track_usage");
 	desc = RelationGetDescr(td->tg_relation);
 
