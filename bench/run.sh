@@ -45,20 +45,24 @@ PSQL=("${RUN_AS[@]}" "$PG_BINDIR/psql" -X -q -A -t -h "$WORK" -p "$PORT" -U post
 "${PSQL[@]}" -c "CREATE EXTENSION stigg"
 
 CHECK="stigg_has_access('customer-demo-01', 'feature-04-analytics')"
+# pgbench: one statement each, so the statement memo does not answer; the
+# shared cache does, unless the run sets stigg.cache_ttl = 0
 
-# Mean microseconds per call of the extension inside one backend: a scan
-# calling it CALLS times, minus the same scan calling nothing.
+# Mean microseconds per uncached call inside one backend: distinct
+# customers with the cache off, so that every row asks the sidecar, minus
+# the same scan calling nothing.
 sql_us_per_call() {
 	"${PSQL[@]}" <<SQL | tail -1
-SELECT count(*) FROM generate_series(1, 200) WHERE $CHECK;
+SET stigg.cache_ttl = 0;
+SELECT count(*) FROM generate_series(1, 200) g WHERE stigg_has_access('warm-' || g, 'feature-04-analytics');
 CREATE TEMP TABLE t(v float8);
 DO \$\$
 DECLARE t0 timestamptz; t1 timestamptz; t2 timestamptz; n bigint;
 BEGIN
   t0 := clock_timestamp();
-  SELECT count(*) INTO n FROM generate_series(1, $CALLS) WHERE $CHECK;
+  SELECT count(*) INTO n FROM generate_series(1, $CALLS) g WHERE stigg_has_access('c-' || g, 'feature-04-analytics');
   t1 := clock_timestamp();
-  SELECT count(*) INTO n FROM generate_series(1, $CALLS) WHERE true;
+  SELECT count(*) INTO n FROM generate_series(1, $CALLS) g WHERE ('c-' || g) IS NOT NULL;
   t2 := clock_timestamp();
   INSERT INTO t VALUES (extract(epoch FROM (t1 - t0) - (t2 - t1)) * 1e6 / $CALLS);
 END \$\$;
@@ -67,6 +71,7 @@ SQL
 }
 
 echo "stigg benchmark: $ROUNDS rounds of $CALLS calls; dev sidecar (Python grpcio) on localhost"
+echo "uncached stigg_has_access (distinct customers, stigg.cache_ttl = 0) vs gRPC C core"
 printf '%-6s %22s %22s %8s\n' round "grpc C core us/call" "stigg_has_access us/call" ratio
 ratios=()
 for r in $(seq 1 "$ROUNDS"); do
@@ -83,13 +88,14 @@ echo "median ratio stigg_has_access / gRPC C core: $median"
 # Throughput through the whole stack (client, PostgreSQL, sidecar), next to
 # a statement that does not call the sidecar.
 echo "SELECT 1;" > "$WORK/noop.sql"
-echo "SELECT $CHECK;" > "$WORK/check.sql"
+echo "SET stigg.cache_ttl = 0; SELECT $CHECK;" > "$WORK/check.sql"
 chown "$CLUSTER_USER" "$WORK"/*.sql
 pgb() {
 	"${RUN_AS[@]}" "$PG_BINDIR/pgbench" -n -h "$WORK" -p "$PORT" -U postgres -M prepared \
 		-T "$SECONDS_PER_RUN" "$@" postgres 2>/dev/null
 }
 echo
+echo "through pgbench, one uncached check per transaction"
 printf '%-8s %16s %22s %8s %22s\n' clients "SELECT 1 tps" "stigg_has_access tps" ratio "stigg latency avg ms"
 for c in 1 8; do
 	base=$(pgb -c "$c" -j "$(( c > 1 ? 2 : 1 ))" -f "$WORK/noop.sql" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
@@ -159,3 +165,61 @@ pgb -c 2 -j 2 -R 200 -f "$WORK/report.sql" >/dev/null
     round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
     round(max(ms)::numeric, 1), count(*))
   FROM (SELECT extract(epoch FROM delivered_at - enqueued_at) * 1000 AS ms FROM stigg.usage_queue) d"
+
+# ---- gating
+echo
+echo "gating"
+gcc -O2 -fPIC -shared -I"$("$PG_CONFIG" --includedir-server)" -o "$WORK/noop.so" "$SRC/bench/noop.c"
+chown "$CLUSTER_USER" "$WORK/noop.so"
+"${PSQL[@]}" <<SQL
+CREATE FUNCTION bench_noop(text, text) RETURNS boolean AS '$WORK/noop.so', 'bench_noop' LANGUAGE C;
+CREATE TABLE scan_t AS SELECT 'customer-' || (g % 1000) AS customer_id FROM generate_series(1, 1000000) g;
+ANALYZE scan_t;
+SQL
+scan_ms() {
+	"${PSQL[@]}" <<SQL | tail -1
+CREATE TEMP TABLE r(ms float8);
+SELECT count(*) FROM scan_t WHERE $1;   -- warm: the cache and the buffers
+DO \$\$
+DECLARE t0 timestamptz; n bigint;
+BEGIN
+  t0 := clock_timestamp();
+  SELECT count(*) INTO n FROM scan_t WHERE $1;
+  INSERT INTO r VALUES (extract(epoch FROM clock_timestamp() - t0) * 1000);
+END \$\$;
+SELECT round(ms::numeric, 1) FROM r;
+SQL
+}
+noop=$(scan_ms "bench_noop(customer_id, 'feature-04-analytics')")
+cached=$(scan_ms "stigg_has_access(customer_id, 'feature-04-analytics')")
+printf '%-52s %9s ms\n' "1M-row scan, no-op C function per row" "$noop"
+printf '%-52s %9s ms  (%.2fx)\n' "1M-row scan, cached stigg_has_access per row" "$cached" \
+	"$(awk -v a="$cached" -v b="$noop" 'BEGIN { print a / b }')"
+
+insert_ms() {
+	"${PSQL[@]}" <<SQL | tail -1
+DROP TABLE IF EXISTS g_t;
+CREATE TABLE g_t (customer_id text, n int);
+$1
+CREATE TEMP TABLE r(ms float8);
+DO \$\$
+DECLARE t0 timestamptz;
+BEGIN
+  t0 := clock_timestamp();
+  INSERT INTO g_t SELECT CASE WHEN g % 2 = 0 THEN 'customer-demo-02' ELSE 'customer-demo-01' END, 1
+    FROM generate_series(1, $2) g;
+  INSERT INTO r VALUES (extract(epoch FROM clock_timestamp() - t0) * 1000);
+END \$\$;
+SELECT round(ms::numeric, 1) FROM r;
+SQL
+}
+plain=$(insert_ms "" 100000)
+enforced=$(insert_ms "CREATE TRIGGER e BEFORE INSERT ON g_t FOR EACH ROW EXECUTE FUNCTION stigg_enforce('feature-04-analytics', 'customer_id');" 100000)
+printf '%-52s %9s ms\n' "100k-row INSERT, no trigger" "$plain"
+printf '%-52s %9s ms  (%.2fx)\n' "100k-row INSERT, stigg_enforce (boolean feature)" "$enforced" \
+	"$(awk -v a="$enforced" -v b="$plain" 'BEGIN { print a / b }')"
+plain=$(insert_ms "" 1000000)
+tracked=$(insert_ms "CREATE TRIGGER t AFTER INSERT ON g_t REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION stigg_track_usage('feature-09-api-calls', 'customer_id', '', 'n');" 1000000)
+printf '%-52s %9s ms\n' "1M-row INSERT, no trigger" "$plain"
+printf '%-52s %9s ms  (%.2fx)\n' "1M-row INSERT, statement-level stigg_track_usage" "$tracked" \
+	"$(awk -v a="$tracked" -v b="$plain" 'BEGIN { print a / b }')"

@@ -64,6 +64,18 @@ static HTAB *memo = NULL;
 static TimestampTz memo_statement = 0;
 static LocalTransactionId memo_lxid = InvalidLocalTransactionId;
 
+#define FAST_SETS 1024
+#define FAST_WAYS 4
+typedef struct FastSlot
+{
+	StiggFastKey k;
+	uint64		epoch;
+	bool		answer;
+} FastSlot;
+static FastSlot *fast_slots = NULL;	/* FAST_SETS x FAST_WAYS */
+static uint64 fast_epoch = 1;	/* slots of other epochs are empty */
+static uint32 fast_victim = 0;
+
 /* ---- set-up ---- */
 
 static Size
@@ -299,14 +311,12 @@ StiggCacheInvalidate(const char *customer)
 
 /* ---- the memo ---- */
 
+static inline void memo_check_epoch(void);
+
 static HTAB *
 the_memo(void)
 {
-	TimestampTz stmt = GetCurrentStatementStartTimestamp();
-	LocalTransactionId lxid = MyProc->lxid;
-
-	if (memo != NULL && (stmt != memo_statement || lxid != memo_lxid))
-		StiggMemoReset();
+	memo_check_epoch();
 	if (memo == NULL)
 	{
 		HASHCTL		info;
@@ -317,8 +327,6 @@ the_memo(void)
 		info.hcxt = TopMemoryContext;
 		memo = hash_create("stigg statement memo", 256, &info,
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		memo_statement = stmt;
-		memo_lxid = lxid;
 	}
 	return memo;
 }
@@ -363,4 +371,63 @@ StiggMemoReset(void)
 	if (memo != NULL)
 		hash_destroy(memo);
 	memo = NULL;
+	fast_epoch++;
+}
+
+/* Starts a new memo when the statement or the transaction changed. */
+static inline void
+memo_check_epoch(void)
+{
+	if (GetCurrentStatementStartTimestamp() != memo_statement || MyProc->lxid != memo_lxid)
+	{
+		StiggMemoReset();
+		memo_statement = GetCurrentStatementStartTimestamp();
+		memo_lxid = MyProc->lxid;
+	}
+}
+
+bool
+StiggFastMemoLookup(const StiggFastKey *k, bool *answer)
+{
+	FastSlot   *s;
+
+	memo_check_epoch();
+	if (fast_slots == NULL)
+		return false;
+	s = &fast_slots[(k->h1 % FAST_SETS) * FAST_WAYS];
+	for (int w = 0; w < FAST_WAYS; w++, s++)
+	{
+		if (s->epoch == fast_epoch && s->k.h1 == k->h1 && s->k.h2 == k->h2)
+		{
+			*answer = s->answer;
+			StiggStatCount(STIGG_STAT_MEMO_HITS);
+			return true;
+		}
+	}
+	return false;
+}
+
+void
+StiggFastMemoStore(const StiggFastKey *k, bool answer)
+{
+	FastSlot   *s;
+
+	memo_check_epoch();
+	if (fast_slots == NULL)
+		fast_slots = MemoryContextAllocZero(TopMemoryContext, sizeof(FastSlot) * FAST_SETS * FAST_WAYS);
+	s = &fast_slots[(k->h1 % FAST_SETS) * FAST_WAYS];
+	/* an empty way of the set, or else one in turn */
+	for (int w = 0; w < FAST_WAYS; w++)
+	{
+		if (s[w].epoch != fast_epoch)
+		{
+			s += w;
+			goto store;
+		}
+	}
+	s += fast_victim++ % FAST_WAYS;
+store:
+	s->k = *k;
+	s->epoch = fast_epoch;
+	s->answer = answer;
 }

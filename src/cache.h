@@ -52,6 +52,19 @@ extern int64 StiggCacheInvalidate(const char *customer);
  */
 extern void StiggCacheSetUsage(const char *key, double current_usage, TimestampTz as_of);
 
+/*
+ * The fast memo: a direct-mapped table of answers keyed by a 128-bit hash
+ * of a call's raw arguments, valid for the current statement. A miss (or a
+ * collision of slots) just falls through to the exact memo below.
+ */
+typedef struct StiggFastKey
+{
+	uint64		h1;
+	uint64		h2;
+} StiggFastKey;
+extern bool StiggFastMemoLookup(const StiggFastKey *k, bool *answer);
+extern void StiggFastMemoStore(const StiggFastKey *k, bool answer);
+
 /* Per statement: answers of checks that did not lock (see access.c). */
 extern bool StiggMemoLookup(const char *key, double requested, bool *answer);
 extern void StiggMemoStore(const char *key, double requested, bool answer);

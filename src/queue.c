@@ -74,6 +74,8 @@ static SPIPlanPtr event_insert_plan = NULL;
 static void
 queue_xact_callback(XactEvent event, void *arg)
 {
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+		StiggStatsFlush();
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:

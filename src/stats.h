@@ -31,6 +31,7 @@ typedef enum StiggStat
 
 extern void StiggStatsInit(void);	/* from _PG_init when preloaded */
 extern void StiggStatCount(StiggStat stat);
+extern void StiggStatsFlush(void);	/* at transaction end, and before reading */
 extern void StiggStatCall(const StiggCallResult *res, int64 elapsed_us);
 
 #endif							/* STIGG_STATS_H */

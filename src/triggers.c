@@ -21,6 +21,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
@@ -139,38 +140,40 @@ trigger_spec(FunctionCallInfo fcinfo, const char *fn)
 	return spec;
 }
 
-/* A column as text in the database encoding, or NULL. */
+/* A column's value as text in the database encoding, or NULL. */
 static text *
-column_text(HeapTuple tup, TupleDesc desc, AttrNumber att)
+datum_text(Datum d, bool isnull, Oid t)
 {
-	bool		isnull;
-	Datum		d;
 	Oid			typoutput;
 	bool		varlena;
-	Oid			t;
 
-	if (att == InvalidAttrNumber)
-		return NULL;
-	d = heap_getattr(tup, att, desc, &isnull);
 	if (isnull)
 		return NULL;
-	t = TupleDescAttr(desc, att - 1)->atttypid;
 	if (t == TEXTOID || t == VARCHAROID)
 		return DatumGetTextPP(d);
 	getTypeOutputInfo(t, &typoutput, &varlena);
 	return cstring_to_text(OidOutputFunctionCall(typoutput, d));
 }
 
-static double
-quantity_of(TriggerSpec *spec, HeapTuple tup, TupleDesc desc)
+static text *
+column_text(HeapTuple tup, TupleDesc desc, AttrNumber att)
 {
 	bool		isnull;
 	Datum		d;
+
+	if (att == InvalidAttrNumber)
+		return NULL;
+	d = heap_getattr(tup, att, desc, &isnull);
+	return datum_text(d, isnull, TupleDescAttr(desc, att - 1)->atttypid);
+}
+
+static double
+datum_quantity(TriggerSpec *spec, Datum d, bool isnull, TupleDesc desc)
+{
 	double		q;
 
 	if (spec->quantity_att == InvalidAttrNumber)
 		return spec->quantity;
-	d = heap_getattr(tup, spec->quantity_att, desc, &isnull);
 	if (isnull)
 		return 0;
 	switch (TupleDescAttr(desc, spec->quantity_att - 1)->atttypid)
@@ -199,6 +202,17 @@ quantity_of(TriggerSpec *spec, HeapTuple tup, TupleDesc desc)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("quantity must be a finite number")));
 	return q;
+}
+
+static double
+quantity_of(TriggerSpec *spec, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull = true;
+	Datum		d = (Datum) 0;
+
+	if (spec->quantity_att != InvalidAttrNumber)
+		d = heap_getattr(tup, spec->quantity_att, desc, &isnull);
+	return datum_quantity(spec, d, isnull, desc);
 }
 
 static text *
@@ -323,9 +337,10 @@ stigg_enforce(PG_FUNCTION_ARGS)
 
 /* ---- stigg_track_usage ---- */
 
+/* Sums per (customer, resource), keyed by a 128-bit hash of their bytes. */
 typedef struct UsageSum
 {
-	char		key[2 * (STIGG_MAX_ID_BYTES * 4 + 1) + 2];	/* customer \x1f resource */
+	uint64		key[2];
 	text	   *customer;
 	text	   *resource;
 	double		sum;
@@ -335,17 +350,26 @@ typedef struct UsageSum
 static void
 add_to(HTAB *sums, int *next, text *customer, text *resource, double v)
 {
-	char		key[sizeof(((UsageSum *) 0)->key)];
+	uint64		key[2];
 	UsageSum   *u;
 	bool		found;
+	int			lc = VARSIZE_ANY_EXHDR(customer);
 
-	snprintf(key, sizeof(key), "%s\x1f%s", text_to_cstring(customer),
-			 resource ? text_to_cstring(resource) : "");
+	key[0] = hash_bytes_extended((unsigned char *) VARDATA_ANY(customer), lc, 1);
+	key[1] = hash_bytes_extended((unsigned char *) VARDATA_ANY(customer), lc, 2);
+	if (resource != NULL)
+	{
+		int			lr = VARSIZE_ANY_EXHDR(resource);
+
+		key[0] = hash_combine64(key[0], hash_bytes_extended((unsigned char *) VARDATA_ANY(resource), lr, 3));
+		key[1] = hash_combine64(key[1], hash_bytes_extended((unsigned char *) VARDATA_ANY(resource), lr, 4));
+	}
 	u = hash_search(sums, key, HASH_ENTER, &found);
 	if (!found)
 	{
-		u->customer = customer;
-		u->resource = resource;
+		/* the transition table's slot is reused: keep copies */
+		u->customer = DatumGetTextPCopy(PointerGetDatum(customer));
+		u->resource = resource ? DatumGetTextPCopy(PointerGetDatum(resource)) : NULL;
 		u->sum = 0;
 		u->order = (*next)++;
 	}
@@ -358,19 +382,46 @@ sum_transition(HTAB *sums, int *next, Tuplestorestate *ts, Relation rel,
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	Oid			ctype = TupleDescAttr(desc, spec->customer_att - 1)->atttypid;
+	Oid			rtype = spec->resource_att ? TupleDescAttr(desc, spec->resource_att - 1)->atttypid : InvalidOid;
+	MemoryContext row_ctx = AllocSetContextCreate(CurrentMemoryContext, "stigg row",
+												  ALLOCSET_SMALL_SIZES);
 
 	tuplestore_rescan(ts);
 	while (tuplestore_gettupleslot(ts, true, false, slot))
 	{
-		bool		should_free;
-		HeapTuple	tup = ExecFetchSlotHeapTuple(slot, false, &should_free);
-		double		q = quantity_of(spec, tup, desc);
+		bool		isnull = true;
+		Datum		d = (Datum) 0;
+		double		q;
+		text	   *customer;
+		text	   *resource = NULL;
+		MemoryContext old;
 
-		if (q != 0)
-			add_to(sums, next, required_customer(tup, desc, spec, "stigg_track_usage"),
-				   column_text(tup, desc, spec->resource_att), sign * q);
+		if (spec->quantity_att != InvalidAttrNumber)
+			d = slot_getattr(slot, spec->quantity_att, &isnull);
+		q = datum_quantity(spec, d, isnull, desc);
+		if (q == 0)
+			continue;
+		old = MemoryContextSwitchTo(row_ctx);
+		d = slot_getattr(slot, spec->customer_att, &isnull);
+		customer = datum_text(d, isnull, ctype);
+		if (customer == NULL || VARSIZE_ANY_EXHDR(customer) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("stigg_track_usage: the customer column \"%s\" is %s",
+							NameStr(TupleDescAttr(desc, spec->customer_att - 1)->attname),
+							customer == NULL ? "null" : "empty")));
+		if (spec->resource_att)
+		{
+			d = slot_getattr(slot, spec->resource_att, &isnull);
+			resource = datum_text(d, isnull, rtype);
+		}
+		MemoryContextSwitchTo(old);
+		add_to(sums, next, customer, resource, sign * q);
+		MemoryContextReset(row_ctx);
 	}
 	ExecDropSingleTupleTableSlot(slot);
+	MemoryContextDelete(row_ctx);
 }
 
 static int
@@ -458,7 +509,7 @@ stigg_track_usage(PG_FUNCTION_ARGS)
 		info.keysize = sizeof(((UsageSum *) 0)->key);
 		info.entrysize = sizeof(UsageSum);
 		info.hcxt = CurrentMemoryContext;
-		sums = hash_create("stigg usage sums", 64, &info, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		sums = hash_create("stigg usage sums", 64, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 		if (td->tg_oldtable)
 			sum_transition(sums, &next, td->tg_oldtable, td->tg_relation, spec, -1);
 		if (td->tg_newtable)
