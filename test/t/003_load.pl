@@ -14,7 +14,8 @@ my $seconds = $ENV{STIGG_LOAD_SECONDS} // 60;
 my $sc = StiggSidecar->start;
 my $node = PostgreSQL::Test::Cluster->new('load');
 $node->init;
-$node->append_conf('postgresql.conf', $sc->conf . "max_connections = 30\n");
+# every check a round trip: this test is about the transport's resources
+$node->append_conf('postgresql.conf', $sc->conf . "max_connections = 30\nstigg.cache_ttl = 0\n");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION stigg');
 
