@@ -340,3 +340,63 @@ AS 'MODULE_PATHNAME', 'stigg_stats_reset'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 REVOKE ALL ON FUNCTION stigg_stats_reset() FROM PUBLIC;
 GRANT SELECT ON stigg.stats, stigg.stats_latency TO pg_monitor;
+
+-- ---- trigger arguments that survive column renames ----
+--
+-- When a stigg_enforce or stigg_track_usage trigger is created, its column
+-- arguments are resolved to attribute numbers here (a wrong name is an error
+-- right away); the trigger functions fall back to them when a column has
+-- been renamed since.
+CREATE TABLE stigg.trigger_columns (
+    trigger_oid oid NOT NULL,
+    arg integer NOT NULL,
+    attnum smallint NOT NULL,
+    PRIMARY KEY (trigger_oid, arg)
+);
+REVOKE ALL ON stigg.trigger_columns FROM PUBLIC;
+
+CREATE FUNCTION stigg.record_trigger_columns()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cmd record;
+    t record;
+    args text[];
+    col text;
+    num smallint;
+BEGIN
+    FOR cmd IN SELECT objid FROM pg_event_trigger_ddl_commands() WHERE object_type = 'trigger' LOOP
+        SELECT tg.tgrelid, tg.tgnargs, tg.tgargs, p.proname INTO t
+          FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
+         WHERE tg.oid = cmd.objid;
+        CONTINUE WHEN NOT FOUND OR t.proname NOT IN ('stigg_enforce', 'stigg_track_usage');
+        DELETE FROM stigg.trigger_columns WHERE trigger_oid = cmd.objid;
+        -- tgargs holds the arguments, each ended by a zero byte
+        SELECT array_agg(convert_from(substring(t.tgargs FROM s + 1 FOR e - s - 1), current_setting('server_encoding')) ORDER BY n)
+          INTO args
+          FROM (SELECT n, lag(p, 1, 0) OVER (ORDER BY n) AS s, p AS e
+                  FROM (SELECT row_number() OVER () AS n, i AS p
+                          FROM generate_series(1, length(t.tgargs)) i
+                         WHERE get_byte(t.tgargs, i - 1) = 0) z) y;
+        FOR i IN 2 .. least(coalesce(array_length(args, 1), 0), 4) LOOP
+            col := args[i];
+            -- '' is "no resource"; a number is a constant quantity
+            CONTINUE WHEN col = '' OR (i = 4 AND col ~ '^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$');
+            SELECT attnum INTO num FROM pg_attribute
+             WHERE attrelid = t.tgrelid AND attname = col AND attnum > 0 AND NOT attisdropped;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION '%: column "%" does not exist in table %', t.proname, col, t.tgrelid::regclass
+                    USING ERRCODE = 'undefined_column',
+                          HINT = 'Trigger arguments after the feature name are columns of the table.';
+            END IF;
+            INSERT INTO stigg.trigger_columns VALUES (cmd.objid, i, num);
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER stigg_record_trigger_columns ON ddl_command_end
+    WHEN TAG IN ('CREATE TRIGGER')
+    EXECUTE FUNCTION stigg.record_trigger_columns();

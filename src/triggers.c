@@ -8,7 +8,9 @@
  *
  * resource_column may be '' for none; quantity is a numeric column's name
  * or a number, 1 by default. Columns are looked up by name among the
- * table's attributes, once per statement; no argument ever becomes SQL
+ * table's attributes, once per statement, and, when a column was renamed
+ * since, by the attribute number that an event trigger recorded in
+ * stigg.trigger_columns at CREATE TRIGGER. No argument ever becomes SQL
  * text. Statement-level stigg_track_usage reads the transition tables
  * directly and queues one row per (customer, resource) and statement.
  *-------------------------------------------------------------------------
@@ -21,6 +23,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
 #include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
@@ -56,10 +59,49 @@ typedef struct TriggerSpec
 	double		quantity;
 } TriggerSpec;
 
+/* The attribute number recorded when the trigger was created, or 0. */
 static AttrNumber
-find_column(Relation rel, const char *fn, const char *role, const char *name)
+recorded_column(Oid tgoid, int arg)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[2] = {OIDOID, INT4OID};
+	Datum		values[2];
+	AttrNumber	attnum = InvalidAttrNumber;
+
+	values[0] = ObjectIdGetDatum(tgoid);
+	values[1] = Int32GetDatum(arg);
+	StiggBeginAsOwner();
+	SPI_connect();
+	if (plan == NULL)
+	{
+		plan = SPI_prepare("SELECT attnum FROM stigg.trigger_columns"
+						   " WHERE trigger_oid OPERATOR(pg_catalog.=) $1 AND arg OPERATOR(pg_catalog.=) $2",
+						   2, types);
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not prepare the trigger column query");
+	}
+	if (SPI_execute_plan(plan, values, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+
+		attnum = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+	StiggEndAsOwner();
+	return attnum;
+}
+
+/*
+ * A column named by argument arg (1-based), looked up by name; if the name
+ * is gone, by the attribute number recorded when the trigger was created,
+ * so that renaming a column does not break its triggers.
+ */
+static AttrNumber
+find_column(Relation rel, Oid tgoid, int arg, const char *fn, const char *role,
+			const char *name)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
+	AttrNumber	recorded;
 
 	for (int i = 0; i < desc->natts; i++)
 	{
@@ -68,11 +110,15 @@ find_column(Relation rel, const char *fn, const char *role, const char *name)
 		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
 			return att->attnum;
 	}
+	recorded = recorded_column(tgoid, arg);
+	if (recorded > 0 && recorded <= desc->natts &&
+		!TupleDescAttr(desc, recorded - 1)->attisdropped)
+		return recorded;
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_COLUMN),
 			 errmsg("%s: %s column \"%s\" does not exist in table \"%s\"",
 					fn, role, name, RelationGetRelationName(rel)),
-			 errhint("Trigger arguments name columns of the table; recreate the trigger after renaming one.")));
+			 errhint("Trigger arguments after the feature name are columns of the table.")));
 	return InvalidAttrNumber;
 }
 
@@ -111,9 +157,9 @@ trigger_spec(FunctionCallInfo fcinfo, const char *fn)
 	spec->tgoid = tg->tgoid;
 	spec->feature_text = cstring_to_text(tg->tgargs[0]);
 	spec->feature = StiggCStringToUtf8(tg->tgargs[0]);
-	spec->customer_att = find_column(td->tg_relation, fn, "customer", tg->tgargs[1]);
+	spec->customer_att = find_column(td->tg_relation, tg->tgoid, 2, fn, "customer", tg->tgargs[1]);
 	if (tg->tgnargs >= 3 && tg->tgargs[2][0] != '\0')
-		spec->resource_att = find_column(td->tg_relation, fn, "resource", tg->tgargs[2]);
+		spec->resource_att = find_column(td->tg_relation, tg->tgoid, 3, fn, "resource", tg->tgargs[2]);
 	spec->quantity = 1;
 	if (tg->tgnargs == 4)
 	{
@@ -122,7 +168,7 @@ trigger_spec(FunctionCallInfo fcinfo, const char *fn)
 		{
 			Oid			t;
 
-			spec->quantity_att = find_column(td->tg_relation, fn, "quantity", tg->tgargs[3]);
+			spec->quantity_att = find_column(td->tg_relation, tg->tgoid, 4, fn, "quantity", tg->tgargs[3]);
 			t = TupleDescAttr(RelationGetDescr(td->tg_relation), spec->quantity_att - 1)->atttypid;
 			if (!numeric_type(t))
 				ereport(ERROR,
