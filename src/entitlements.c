@@ -144,6 +144,27 @@ call_or_fallback(const char *method, const ProtobufCMessage *req,
 				   STIGG__SIDECAR__V1__ACCESS_DENIED_REASON__ACCESS_DENIED_REASON_UNKNOWN); \
 	} while (0)
 
+/* customer_id, feature_id and resource_id (arguments 0-2) into a request */
+#define TARGET_FROM_ARGS(req) \
+	do { \
+		char	   *resource_; \
+		(req).customer_id = id_arg(fcinfo, 0, "customer_id", true); \
+		(req).feature_id = id_arg(fcinfo, 1, "feature_id", true); \
+		resource_ = id_arg(fcinfo, 2, "resource_id", false); \
+		if (resource_ != NULL) \
+			PB_SET(&(req), resource_id, resource_); \
+	} while (0)
+
+/* customer_id and resource_id (arguments 0-1) into a request */
+#define CUSTOMER_FROM_ARGS(req) \
+	do { \
+		char	   *resource_; \
+		(req).customer_id = id_arg(fcinfo, 0, "customer_id", true); \
+		resource_ = id_arg(fcinfo, 1, "resource_id", false); \
+		if (resource_ != NULL) \
+			PB_SET(&(req), resource_id, resource_); \
+	} while (0)
+
 static Datum
 jsonb_from_text(StringInfo json)
 {
@@ -248,15 +269,10 @@ stigg_get_entitlement(PG_FUNCTION_ARGS)
 	Stigg__Sidecar__V1__GetEntitlementOptions opts = STIGG__SIDECAR__V1__GET_ENTITLEMENT_OPTIONS__INIT;
 	Stigg__Sidecar__V1__GetEntitlementResponse *resp;
 	StringInfoData json;
-	char	   *resource;
 	double		requested;
 	bool		any_option = false;
 
-	req.customer_id = id_arg(fcinfo, 0, "customer_id", true);
-	req.feature_id = id_arg(fcinfo, 1, "feature_id", true);
-	resource = id_arg(fcinfo, 2, "resource_id", false);
-	if (resource != NULL)
-		PB_SET(&req, resource_id, resource);
+	TARGET_FROM_ARGS(req);
 	if (requested_usage_arg(fcinfo, 3, &requested))
 	{
 		PB_SET(&opts, requested_usage, requested);
@@ -286,13 +302,8 @@ stigg_get_boolean_entitlement(PG_FUNCTION_ARGS)
 	Stigg__Sidecar__V1__BooleanEntitlement fallback_entitlement = STIGG__SIDECAR__V1__BOOLEAN_ENTITLEMENT__INIT;
 	StiggFallback fb;
 	StringInfoData json;
-	char	   *resource;
 
-	req.customer_id = id_arg(fcinfo, 0, "customer_id", true);
-	req.feature_id = id_arg(fcinfo, 1, "feature_id", true);
-	resource = id_arg(fcinfo, 2, "resource_id", false);
-	if (resource != NULL)
-		PB_SET(&req, resource_id, resource);
+	TARGET_FROM_ARGS(req);
 
 	StiggStatCount(STIGG_STAT_GET_ENTITLEMENT);
 	resp = (Stigg__Sidecar__V1__GetBooleanEntitlementResponse *)
@@ -319,13 +330,8 @@ stigg_get_numeric_entitlement(PG_FUNCTION_ARGS)
 	Stigg__Sidecar__V1__NumericEntitlement fallback_entitlement = STIGG__SIDECAR__V1__NUMERIC_ENTITLEMENT__INIT;
 	StiggFallback fb;
 	StringInfoData json;
-	char	   *resource;
 
-	req.customer_id = id_arg(fcinfo, 0, "customer_id", true);
-	req.feature_id = id_arg(fcinfo, 1, "feature_id", true);
-	resource = id_arg(fcinfo, 2, "resource_id", false);
-	if (resource != NULL)
-		PB_SET(&req, resource_id, resource);
+	TARGET_FROM_ARGS(req);
 
 	StiggStatCount(STIGG_STAT_GET_ENTITLEMENT);
 	resp = (Stigg__Sidecar__V1__GetNumericEntitlementResponse *)
@@ -356,14 +362,9 @@ stigg_get_metered_entitlement(PG_FUNCTION_ARGS)
 	Stigg__Sidecar__V1__MeteredEntitlement fallback_entitlement = STIGG__SIDECAR__V1__METERED_ENTITLEMENT__INIT;
 	StiggFallback fb;
 	StringInfoData json;
-	char	   *resource;
 	double		requested;
 
-	req.customer_id = id_arg(fcinfo, 0, "customer_id", true);
-	req.feature_id = id_arg(fcinfo, 1, "feature_id", true);
-	resource = id_arg(fcinfo, 2, "resource_id", false);
-	if (resource != NULL)
-		PB_SET(&req, resource_id, resource);
+	TARGET_FROM_ARGS(req);
 	if (requested_usage_arg(fcinfo, 3, &requested))
 	{
 		PB_SET(&opts, requested_usage, requested);
@@ -402,13 +403,8 @@ stigg_get_enum_entitlement(PG_FUNCTION_ARGS)
 	Stigg__Sidecar__V1__EnumEntitlement fallback_entitlement = STIGG__SIDECAR__V1__ENUM_ENTITLEMENT__INIT;
 	StiggFallback fb;
 	StringInfoData json;
-	char	   *resource;
 
-	req.customer_id = id_arg(fcinfo, 0, "customer_id", true);
-	req.feature_id = id_arg(fcinfo, 1, "feature_id", true);
-	resource = id_arg(fcinfo, 2, "resource_id", false);
-	if (resource != NULL)
-		PB_SET(&req, resource_id, resource);
+	TARGET_FROM_ARGS(req);
 	opts.requested_values = requested_values_arg(fcinfo, 3, &opts.n_requested_values);
 	if (opts.n_requested_values > 0)
 		PB_SET(&req, options, &opts);
@@ -449,12 +445,8 @@ stigg_get_entitlements(PG_FUNCTION_ARGS)
 	Stigg__Sidecar__V1__GetEntitlementsRequest req = STIGG__SIDECAR__V1__GET_ENTITLEMENTS_REQUEST__INIT;
 	Stigg__Sidecar__V1__GetEntitlementsResponse *resp;
 	StringInfoData json;
-	char	   *resource;
 
-	req.customer_id = id_arg(fcinfo, 0, "customer_id", true);
-	resource = id_arg(fcinfo, 1, "resource_id", false);
-	if (resource != NULL)
-		PB_SET(&req, resource_id, resource);
+	CUSTOMER_FROM_ARGS(req);
 
 	StiggStatCount(STIGG_STAT_GET_ENTITLEMENT);
 	resp = (Stigg__Sidecar__V1__GetEntitlementsResponse *)
@@ -648,12 +640,8 @@ stigg_entitlements(PG_FUNCTION_ARGS)
 	Stigg__Sidecar__V1__GetEntitlementsStateV2Request req = STIGG__SIDECAR__V1__GET_ENTITLEMENTS_STATE_V2_REQUEST__INIT;
 	Stigg__Sidecar__V1__GetEntitlementsStateV2Response *resp;
 	ReturnSetInfo *rsinfo;
-	char	   *resource;
 
-	req.customer_id = id_arg(fcinfo, 0, "customer_id", true);
-	resource = id_arg(fcinfo, 1, "resource_id", false);
-	if (resource != NULL)
-		PB_SET(&req, resource_id, resource);
+	CUSTOMER_FROM_ARGS(req);
 
 	StiggStatCount(STIGG_STAT_ENTITLEMENTS);
 	materialize_srf(fcinfo);
@@ -683,12 +671,8 @@ stigg_reload_entitlements(PG_FUNCTION_ARGS)
 {
 	Stigg__Sidecar__V1__ReloadEntitlementsRequest req = STIGG__SIDECAR__V1__RELOAD_ENTITLEMENTS_REQUEST__INIT;
 	Stigg__Sidecar__V1__ReloadEntitlementsResponse *resp;
-	char	   *resource;
 
-	req.customer_id = id_arg(fcinfo, 0, "customer_id", true);
-	resource = id_arg(fcinfo, 1, "resource_id", false);
-	if (resource != NULL)
-		PB_SET(&req, resource_id, resource);
+	CUSTOMER_FROM_ARGS(req);
 
 	StiggStatCount(STIGG_STAT_RELOAD);
 	resp = (Stigg__Sidecar__V1__ReloadEntitlementsResponse *)
