@@ -52,6 +52,7 @@ MODULE_big = stigg
 OBJS = \
 	src/stigg.o \
 	src/guc.o \
+	src/curlio.o \
 	src/transport.o \
 	src/sidecar.o \
 	src/pbjson.o \

@@ -14,10 +14,8 @@
  *	  CURLOPT_RESOLVE, so its threaded resolver never starts.
  *	- Handles are created on a process's first call, never in the postmaster,
  *	  so no connection is shared across fork.
- *	- Every wait is at most WAIT_SLICE_MS long, and QueryCancelPending and
- *	  ProcDiePending are checked after each; a signal also wakes the wait at
- *	  once, since poll() returns EINTR. The caller then runs
- *	  CHECK_FOR_INTERRUPTS().
+ *	- Every wait is cut into short slices with interrupts checked after each
+ *	  (curlio.c); the caller then runs CHECK_FOR_INTERRUPTS().
  *
  * Connection reuse. libcurl 7.88 (Debian 12) breaks on a reused cleartext
  * HTTP/2 connection opened in prior-knowledge mode (curl issue 10634, fixed
@@ -31,18 +29,16 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <netdb.h>
 #include <sys/socket.h>
-#include <arpa/inet.h>
 
 #include <curl/curl.h>
 
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
+#include "curlio.h"
 #include "transport.h"
 
-#define WAIT_SLICE_MS 50
 #define GRPC_FRAME_HEADER 5
 #define SERVICE_PATH "/stigg.sidecar.v1.SidecarService/"
 
@@ -100,11 +96,7 @@ bytebuf_reserve(ByteBuf *buf, size_t need)
 	return true;
 }
 
-static inline bool
-interrupt_pending(void)
-{
-	return InterruptPending && (QueryCancelPending || ProcDiePending);
-}
+#define interrupt_pending() StiggInterruptPending()
 
 static void
 set_message(StiggCallResult *result, const char *fmt,...)
@@ -246,16 +238,10 @@ forget_resolution(void)
 static bool
 ensure_handles(StiggCallResult *result)
 {
-	static bool global_done = false;
-
-	if (!global_done)
+	if (!StiggCurlInit())
 	{
-		if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
-		{
-			set_message(result, "could not initialize libcurl");
-			return false;
-		}
-		global_done = true;
+		set_message(result, "could not initialize libcurl");
+		return false;
 	}
 	if (multi == NULL)
 		multi = curl_multi_init();
@@ -270,80 +256,19 @@ ensure_handles(StiggCallResult *result)
 	return true;
 }
 
-/*
- * Resolves the host once and gives libcurl every address as
- * "host:port:addr,addr", so that it neither starts a resolver thread nor
- * misses an IPv4-only listener behind an IPv6-first "localhost".
- */
+/* Resolves the endpoint's host once per endpoint (see curlio.c). */
 static bool
 resolve_endpoint(const StiggEndpoint *ep, const char *key, StiggCallResult *result)
 {
-	struct addrinfo hints;
-	struct addrinfo *res;
-	struct addrinfo *ai;
-	struct in6_addr scratch;
-	char		entry[1024];
-	size_t		used;
-	int			rc;
-	int			naddr = 0;
+	bool		ok;
 
 	if (strcmp(resolved_endpoint, key) == 0)
 		return true;
 	forget_resolution();
-
-	/* An address literal needs no resolution, and libcurl starts no thread. */
-	if (inet_pton(AF_INET, ep->host, &scratch) == 1 ||
-		inet_pton(AF_INET6, ep->host, &scratch) == 1)
-	{
-		strlcpy(resolved_endpoint, key, sizeof(resolved_endpoint));
-		return true;
-	}
-
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	rc = getaddrinfo(ep->host, NULL, &hints, &res);
-	if (rc != 0)
-	{
-		set_message(result, "could not resolve host \"%s\": %s", ep->host, gai_strerror(rc));
+	resolve_list = StiggCurlResolve(ep->host, ep->port, &ok, result->message,
+									sizeof(result->message));
+	if (!ok)
 		return false;
-	}
-
-	used = snprintf(entry, sizeof(entry), "%s:%d:", ep->host, ep->port);
-	for (ai = res; ai != NULL && used < sizeof(entry) - 64; ai = ai->ai_next)
-	{
-		char		addr[INET6_ADDRSTRLEN];
-		const void *src;
-
-		if (ai->ai_family == AF_INET)
-			src = &((struct sockaddr_in *) ai->ai_addr)->sin_addr;
-		else if (ai->ai_family == AF_INET6)
-			src = &((struct sockaddr_in6 *) ai->ai_addr)->sin6_addr;
-		else
-			continue;
-		if (inet_ntop(ai->ai_family, src, addr, sizeof(addr)) == NULL)
-			continue;
-		/* getaddrinfo repeats addresses once per protocol; skip repeats */
-		if (strstr(entry + strlen(ep->host), addr) != NULL)
-			continue;
-		used += snprintf(entry + used, sizeof(entry) - used,
-						 ai->ai_family == AF_INET6 ? "%s[%s]" : "%s%s",
-						 naddr > 0 ? "," : "", addr);
-		naddr++;
-	}
-	freeaddrinfo(res);
-	if (naddr == 0)
-	{
-		set_message(result, "host \"%s\" has no IPv4 or IPv6 address", ep->host);
-		return false;
-	}
-
-	resolve_list = curl_slist_append(NULL, entry);
-	if (resolve_list == NULL)
-	{
-		set_message(result, "out of memory");
-		return false;
-	}
 	strlcpy(resolved_endpoint, key, sizeof(resolved_endpoint));
 	return true;
 }
@@ -516,13 +441,9 @@ call_once(const StiggEndpoint *ep, const char *key, const char *method,
 	char		timeout_header[64];
 	struct curl_slist *headers = NULL;
 	bool		reuse;
-	int			still_running = 0;
-	CURLMsg    *msg;
-	int			msgs_left;
 	CURLcode	code = CURLE_OK;
 	bool		done = false;
 	bool		retryable = false;
-	TimestampTz deadline;
 
 	memset(&meta, 0, sizeof(meta));
 	meta.grpc_status = -1;
@@ -605,43 +526,23 @@ call_once(const StiggEndpoint *ep, const char *key, const char *method,
 		return false;
 	}
 
-	/* Our own deadline as well as libcurl's, so that no wait outlives it. */
-	deadline = GetCurrentTimestamp() + (TimestampTz) ep->timeout_ms * 1000;
-	for (;;)
+	switch (StiggCurlRun(multi, easy, ep->timeout_ms, &code))
 	{
-		CURLMcode	mc = curl_multi_perform(multi, &still_running);
-		long		remaining_ms;
-
-		if (mc != CURLM_OK)
-		{
-			result->status = STIGG_CALL_IO_FAILED;
-			set_message(result, "%s", curl_multi_strerror(mc));
+		case STIGG_WAIT_DONE:
+			done = true;
 			break;
-		}
-		while ((msg = curl_multi_info_read(multi, &msgs_left)) != NULL)
-		{
-			if (msg->msg == CURLMSG_DONE && msg->easy_handle == easy)
-			{
-				code = msg->data.result;
-				done = true;
-			}
-		}
-		if (done || still_running == 0)
-			break;
-		if (interrupt_pending())
-		{
+		case STIGG_WAIT_INTERRUPTED:
 			result->status = STIGG_CALL_INTERRUPTED;
 			set_message(result, "interrupted");
 			break;
-		}
-		remaining_ms = (long) ((deadline - GetCurrentTimestamp()) / 1000);
-		if (remaining_ms <= 0)
-		{
+		case STIGG_WAIT_TIMEOUT:
 			result->status = STIGG_CALL_TIMEOUT;
 			set_message(result, "no answer within %d ms", ep->timeout_ms);
 			break;
-		}
-		curl_multi_poll(multi, NULL, 0, (int) Min(remaining_ms, WAIT_SLICE_MS), NULL);
+		case STIGG_WAIT_FAILED:
+			result->status = STIGG_CALL_IO_FAILED;
+			set_message(result, "the transfer failed in libcurl's multi interface");
+			break;
 	}
 
 	if (done)
