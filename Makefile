@@ -63,6 +63,7 @@ OBJS = \
 	src/triggers.o \
 	src/fallback.o \
 	src/stats.o \
+	src/api.o \
 	src/queue.o \
 	src/worker.o \
 	$(PROTO_C:.c=.o)

@@ -400,3 +400,104 @@ $$;
 CREATE EVENT TRIGGER stigg_record_trigger_columns ON ddl_command_end
     WHEN TAG IN ('CREATE TRIGGER')
     EXECUTE FUNCTION stigg.record_trigger_columns();
+
+-- ---- the Stigg API (GraphQL) ----
+
+CREATE FUNCTION stigg_api(query text, variables jsonb DEFAULT '{}')
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stigg_api'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION stigg_provision_customer(customer_id text, name text DEFAULT NULL,
+                                         email text DEFAULT NULL, plan_id text DEFAULT NULL,
+                                         billing_period text DEFAULT NULL,
+                                         metadata jsonb DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF customer_id IS NULL THEN
+        RAISE EXCEPTION 'customer_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF plan_id IS NULL AND billing_period IS NOT NULL THEN
+        RAISE EXCEPTION 'billing_period needs a plan_id' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- what the customer is entitled to changes: forget what is cached
+    PERFORM @extschema@.stigg_cache_invalidate(customer_id);
+    RETURN @extschema@.stigg_api(
+        'mutation ProvisionCustomer($input: ProvisionCustomerInput!) {
+           provisionCustomer(input: $input) {
+             customer { customerId name email }
+             subscriptionDecisionStrategy
+             subscription { subscriptionId status plan { refId } }
+           }
+         }',
+        jsonb_build_object('input', jsonb_strip_nulls(jsonb_build_object(
+            'customerId', customer_id, 'name', name, 'email', email,
+            'additionalMetaData', metadata,
+            'subscriptionParams', CASE WHEN plan_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
+                'planId', plan_id,
+                'billingPeriod', @extschema@.stigg_billing_period(billing_period))) END))))
+        -> 'provisionCustomer';
+END
+$$;
+
+-- 'monthly' / 'annually' in any case, as the API's enum
+CREATE FUNCTION stigg_billing_period(period text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF period IS NULL THEN
+        RETURN NULL;
+    ELSIF upper(period) IN ('MONTHLY', 'ANNUALLY') THEN
+        RETURN upper(period);
+    END IF;
+    RAISE EXCEPTION 'invalid billing_period "%"', period
+        USING ERRCODE = 'invalid_parameter_value', HINT = 'Use ''monthly'' or ''annually''.';
+END
+$$;
+
+CREATE FUNCTION stigg_provision_subscription(customer_id text, plan_id text,
+                                             billing_period text DEFAULT 'monthly',
+                                             unit_quantity float8 DEFAULT NULL,
+                                             resource_id text DEFAULT NULL,
+                                             addons jsonb DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF customer_id IS NULL OR plan_id IS NULL THEN
+        RAISE EXCEPTION 'customer_id and plan_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF unit_quantity IS NOT NULL AND (unit_quantity <= 0 OR unit_quantity = 'Infinity' OR unit_quantity <> unit_quantity) THEN
+        RAISE EXCEPTION 'unit_quantity must be a positive finite number' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF addons IS NOT NULL AND jsonb_typeof(addons) <> 'array' THEN
+        RAISE EXCEPTION 'addons must be a JSON array of {"addonId": ..., "quantity": ...}'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM @extschema@.stigg_cache_invalidate(customer_id);
+    RETURN @extschema@.stigg_api(
+        'mutation ProvisionSubscription($input: ProvisionSubscriptionInput!) {
+           provisionSubscription(input: $input) {
+             status checkoutUrl
+             subscription { subscriptionId status resource { resourceId } plan { refId } }
+             entitlements { feature { refId } hasAccess usageLimit }
+           }
+         }',
+        jsonb_build_object('input', jsonb_strip_nulls(jsonb_build_object(
+            'customerId', customer_id, 'planId', plan_id,
+            'billingPeriod', @extschema@.stigg_billing_period(billing_period),
+            'unitQuantity', unit_quantity, 'resourceId', resource_id, 'addons', addons))))
+        -> 'provisionSubscription';
+END
+$$;
+
+-- The server key can do anything in the Stigg environment: grant with care.
+REVOKE ALL ON FUNCTION stigg_api(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stigg_provision_customer(text, text, text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stigg_provision_subscription(text, text, text, float8, text, jsonb) FROM PUBLIC;

@@ -34,6 +34,41 @@ static const struct config_enum_entry on_error_options[] = {
 	{NULL, 0, false}
 };
 char	   *stigg_database = NULL;
+char	   *stigg_api_url = NULL;
+char	   *stigg_api_key = NULL;
+char	   *stigg_api_key_file = NULL;
+char	   *stigg_api_ca_file = NULL;
+int			stigg_api_timeout_ms = 10000;
+
+/*
+ * The server key is never shown, not even to roles that may read every
+ * setting (pg_read_all_settings): SHOW, current_setting and pg_settings all
+ * go through this hook.
+ */
+/*
+ * ALTER ROLE ... SET, ALTER DATABASE ... SET and a function's SET clause
+ * (all validated with PGC_S_TEST) would store the key where every role can
+ * read it: pg_db_role_setting and pg_proc are readable by PUBLIC. Per role
+ * or database, name a key file instead.
+ */
+static bool
+check_api_key(char **newval, void **extra, GucSource source)
+{
+	if (source == PGC_S_TEST && *newval != NULL && (*newval)[0] != '\0')
+	{
+		GUC_check_errmsg("stigg.api_key cannot be stored with ALTER ROLE, ALTER DATABASE or a function's SET clause");
+		GUC_check_errdetail("Those settings are readable by every role (pg_db_role_setting, pg_proc).");
+		GUC_check_errhint("Set stigg.api_key_file per role or database instead, naming a file only the server can read.");
+		return false;
+	}
+	return true;
+}
+
+static const char *
+show_api_key(void)
+{
+	return (stigg_api_key != NULL && stigg_api_key[0] != '\0') ? "********" : "";
+}
 int			stigg_batch_size = 500;
 int			stigg_worker_naptime_ms = 10000;
 int			stigg_retry_max_delay_ms = 10000;
@@ -121,6 +156,51 @@ StiggDefineGucs(void)
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("stigg.api_url",
+							   "Base URL of the Stigg API (GraphQL).",
+							   NULL,
+							   &stigg_api_url,
+							   "https://api.stigg.io",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("stigg.api_key",
+							   "Server key of the Stigg environment.",
+							   "Shown to nobody; prefer stigg.api_key_file, which keeps it out of the configuration and the statement log.",
+							   &stigg_api_key,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   check_api_key, NULL, show_api_key);
+
+	DefineCustomStringVariable("stigg.api_key_file",
+							   "File whose first line is the Stigg server key; used when stigg.api_key is empty.",
+							   NULL,
+							   &stigg_api_key_file,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("stigg.api_ca_file",
+							   "File of CA certificates for the Stigg API's TLS certificate.",
+							   "Empty means the system's trust store.",
+							   &stigg_api_ca_file,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stigg.api_timeout",
+							"Deadline of one call to the Stigg API.",
+							NULL,
+							&stigg_api_timeout_ms,
+							10000, 1, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("stigg.enforce",
 							 "Whether stigg_enforce triggers check entitlements.",

@@ -24,6 +24,13 @@ typedef enum StiggOnError
 } StiggOnError;
 extern int	stigg_on_sidecar_error;
 
+/* the Stigg API (api.c) */
+extern char *stigg_api_url;
+extern char *stigg_api_key;
+extern char *stigg_api_key_file;
+extern char *stigg_api_ca_file;
+extern int	stigg_api_timeout_ms;
+
 /* the background worker (worker.c) */
 extern char *stigg_database;
 extern int	stigg_batch_size;

@@ -40,16 +40,19 @@ sub start
 	push @cmd, '--tls-cert', $opt{tls_cert}, '--tls-key', $opt{tls_key}
 	  if $opt{tls_cert};
 	push @cmd, '--fault', encode_json($_) for @{ $opt{faults} // [] };
+	push @cmd, '--api-tls-cert', $opt{api_tls_cert}, '--api-tls-key', $opt{api_tls_key}
+	  if $opt{api_tls_cert};
 
 	my ($out, $err) = ('', '');
 	IPC::Run::run(\@cmd, '>', \$out, '2>', \$err)
 	  or die "dev sidecar did not start: $err";
-	$out =~ /grpc_port=(\d+) control_port=(\d+) pid=(\d+)/
+	$out =~ /grpc_port=(\d+) control_port=(\d+) pid=(\d+) api_port=(\d+)/
 	  or die "dev sidecar said: $out $err";
 	my $self = bless {
 		grpc_port => $1,
 		control_port => $2,
 		pid => $3,
+		api_port => $4,
 		log => $log,
 		http => HTTP::Tiny->new(timeout => 30),
 	}, $class;
@@ -65,6 +68,13 @@ sub conf
 	my ($self, %opt) = @_;
 	my $host = $opt{host} // 'localhost';
 	return "stigg.sidecar_host = '$host'\nstigg.sidecar_port = $self->{grpc_port}\n";
+}
+
+# the API's address (plain HTTP unless started with api_tls_cert)
+sub api_url
+{
+	my ($self, $scheme) = @_;
+	return ($scheme // 'http') . "://localhost:$self->{api_port}";
 }
 
 sub _call

@@ -11,8 +11,11 @@ Usage:
                        [--tls-cert F --tls-key F] [--fault JSON]...
                        [--daemon --log-file F]
 
+It also serves the Stigg API's GraphQL operations that the extension uses
+(provisioning) on --api-port, checking X-API-KEY against --api-key.
+
 It prints one line once it serves:
-  READY grpc_port=N control_port=M pid=P
+  READY grpc_port=N control_port=M pid=P api_port=A
 """
 
 import argparse
@@ -759,6 +762,145 @@ def build_control(args, store, sidecar, faults, stop_event):
     return httpd
 
 
+# ---------------------------------------------------------------- the Stigg API (GraphQL)
+
+class GraphQL:
+    """The GraphQL operations the extension calls, against the catalog.
+
+    Operations are told apart by the field the query selects; inputs come
+    from variables, as the extension sends them.
+    """
+
+    def __init__(self, store):
+        self.store = store
+
+    def run(self, query, variables):
+        for name in ("provisionCustomer", "provisionSubscription", "getCustomerByRefId"):
+            if name + "(" in query:
+                try:
+                    return {"data": {name: getattr(self, name)(variables or {})}}
+                except ValueError as e:
+                    return {"data": None, "errors": [{"message": str(e), "path": [name]}]}
+        return {"data": None, "errors": [{"message": "Cannot query field: the dev sidecar serves "
+                                          "provisionCustomer, provisionSubscription and getCustomerByRefId"}]}
+
+    def _subscribe(self, cust, plan, resource):
+        st = self.store
+        if plan not in st.plans:
+            raise ValueError("Plan not found: %s" % plan)
+        if resource and resource not in cust.setdefault("resources", []):
+            cust["resources"].append(resource)
+        sub = {"plan": plan, "status": "ACTIVE", "startDate": format_time(st.now()),
+               "subscriptionId": "subscription-" + uuid.uuid4().hex[:12]}
+        if resource:
+            sub["resource"] = resource
+        # a new subscription for the same scope replaces the old one
+        cust["subscriptions"] = [s for s in cust.get("subscriptions", [])
+                                 if (s.get("resource") or None) != (resource or None)] + [sub]
+        return sub
+
+    def provisionCustomer(self, v):
+        inp = v.get("input") or {}
+        cid = inp.get("customerId")
+        if not cid:
+            raise ValueError("customerId is required")
+        with self.store.lock:
+            cust = self.store.customers.setdefault(cid, {"subscriptions": [], "resources": []})
+            for k in ("name", "email"):
+                if inp.get(k) is not None:
+                    cust[k] = inp[k]
+            sub = None
+            params = inp.get("subscriptionParams")
+            if params:
+                sub = self._subscribe(cust, params.get("planId"), params.get("resourceId"))
+            return {"customer": {"customerId": cid, "name": cust.get("name"), "email": cust.get("email")},
+                    "subscriptionDecisionStrategy": "REQUESTED_PLAN" if sub else "PREDEFINED_FREE_PLAN",
+                    "subscription": {"subscriptionId": sub["subscriptionId"], "status": "ACTIVE",
+                                     "plan": {"refId": sub["plan"]}} if sub else None}
+
+    def provisionSubscription(self, v):
+        inp = v.get("input") or {}
+        cid, plan = inp.get("customerId"), inp.get("planId")
+        if not cid or not plan:
+            raise ValueError("customerId and planId are required")
+        with self.store.lock:
+            cust = self.store.customers.get(cid)
+            if cust is None:
+                raise ValueError("Customer not found: %s" % cid)
+            sub = self._subscribe(cust, plan, inp.get("resourceId"))
+            ents = [{"feature": {"refId": f}, "hasAccess": True, "usageLimit": e.get("usageLimit")}
+                    for f, e in self.store.plans[plan].get("entitlements", {}).items()]
+            return {"status": "SUCCESS", "checkoutUrl": None,
+                    "subscription": {"subscriptionId": sub["subscriptionId"], "status": "ACTIVE",
+                                     "resource": {"resourceId": sub["resource"]} if sub.get("resource") else None,
+                                     "plan": {"refId": plan}},
+                    "entitlements": ents}
+
+    def getCustomerByRefId(self, v):
+        cid = (v.get("input") or {}).get("customerId") or v.get("customerId") or v.get("id")
+        cust = self.store.customers.get(cid)
+        if cust is None:
+            return None
+        return {"customerId": cid, "name": cust.get("name"), "email": cust.get("email")}
+
+
+def build_api(args, store, faults):
+    import ssl
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    gql = GraphQL(store)
+
+    class Api(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *a):
+            pass
+
+        def reply(self, code, payload):
+            body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(n)
+            if self.path != "/graphql":
+                return self.reply(404, {"errors": [{"message": "not found"}]})
+            if self.headers.get("X-API-KEY") != args.api_key:
+                return self.reply(401, {"errors": [{"message": "Unauthorized"}]})
+            for rule in faults.take("graphql"):
+                action = rule["action"]
+                if action == "delay":
+                    time.sleep(rule.get("ms", 100) / 1000.0)
+                elif action == "hang":
+                    time.sleep(rule.get("ms", 600000) / 1000.0)
+                    return None
+                elif action == "error":
+                    return self.reply(200, {"data": None, "errors": [
+                        {"message": rule.get("message", "injected failure")},
+                        {"message": "a second error"}]})
+                elif action == "garbage":
+                    return self.reply(200, b"<html>not json</html>")
+                elif action == "oversize":
+                    return self.reply(200, b"[" + b"0," * (9 * 1024 * 1024) + b"0]")
+            try:
+                req = json.loads(raw)
+            except ValueError:
+                return self.reply(400, {"errors": [{"message": "body is not JSON"}]})
+            self.reply(200, gql.run(req.get("query", ""), req.get("variables")))
+
+    httpd = ThreadingHTTPServer((args.host, args.api_port), Api)
+    httpd.daemon_threads = True
+    if args.api_tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.api_tls_cert, args.api_tls_key)
+        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    return httpd
+
+
 def main():
     ap = argparse.ArgumentParser(description="Stigg dev sidecar (gRPC, stigg.sidecar.v1)")
     ap.add_argument("--catalog", required=True, help="JSON catalog to serve")
@@ -768,6 +910,10 @@ def main():
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
     ap.add_argument("--fault", action="append", help="a failure rule as JSON (repeatable)")
+    ap.add_argument("--api-port", type=int, default=0, help="Stigg API (GraphQL) port (0: a free one)")
+    ap.add_argument("--api-key", default="dev-server-key", help="the server key the API accepts")
+    ap.add_argument("--api-tls-cert")
+    ap.add_argument("--api-tls-key")
     ap.add_argument("--daemon", action="store_true", help="detach once ready")
     ap.add_argument("--log-file", default=os.devnull)
     args = ap.parse_args()
@@ -806,18 +952,21 @@ def main():
         server, port, sidecar, faults = build_server(args, store, pb)
         stop_event = threading.Event()
         httpd = build_control(args, store, sidecar, faults, stop_event)
+        api = build_api(args, store, faults)
     except BaseException as e:
         msg = "stigg-dev-sidecar: failed to start: %s\n" % e
         (ready_w or sys.stderr).write(msg)
         return 1
     server.start()
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=api.serve_forever, daemon=True).start()
 
     import signal
     signal.signal(signal.SIGTERM, lambda *a: stop_event.set())
     signal.signal(signal.SIGINT, lambda *a: stop_event.set())
 
-    line = "READY grpc_port=%d control_port=%d pid=%d\n" % (port, httpd.server_address[1], os.getpid())
+    line = "READY grpc_port=%d control_port=%d pid=%d api_port=%d\n" % (
+        port, httpd.server_address[1], os.getpid(), api.server_address[1])
     if ready_w:
         ready_w.write(line)
         ready_w.close()
@@ -828,6 +977,7 @@ def main():
         pass
     server.stop(0).wait()
     httpd.shutdown()
+    api.shutdown()
     return 0
 
 
