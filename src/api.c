@@ -24,6 +24,7 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 
+#include "api.h"
 #include "curlio.h"
 #include "guc.h"
 
@@ -371,43 +372,19 @@ raise_graphql_errors(Jsonb *response)
 			 n > 1 ? errdetail("%d more: %s", n - 1, rest.data) : 0));
 }
 
-/* stigg_api(query text, variables jsonb DEFAULT '{}') RETURNS jsonb: data */
-Datum
-stigg_api(PG_FUNCTION_ARGS)
+/* POSTs query and variables (JSON text); returns data, or NULL for null. */
+static Jsonb *
+graphql(const char *query, const char *variables_json)
 {
 	StringInfoData req;
 	Jsonb	   *response;
 	JsonbValue	k;
 	JsonbValue *data;
-	char	   *query;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("query must not be null")));
-	query = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (query[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("query must not be empty")));
 	initStringInfo(&req);
 	appendStringInfoString(&req, "{\"query\": ");
 	escape_json(&req, query);
-	appendStringInfoString(&req, ", \"variables\": ");
-	if (PG_ARGISNULL(1))
-		appendStringInfoString(&req, "{}");
-	else
-	{
-		Jsonb	   *vars = PG_GETARG_JSONB_P(1);
-
-		if (!JB_ROOT_IS_OBJECT(vars) || JB_ROOT_IS_SCALAR(vars))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("variables must be a JSON object")));
-		appendStringInfoString(&req, JsonbToCString(NULL, &vars->root, VARSIZE(vars)));
-	}
-	appendStringInfoChar(&req, '}');
-
+	appendStringInfo(&req, ", \"variables\": %s}", variables_json);
 	response = api_post(req.data);
 	if (!JB_ROOT_IS_OBJECT(response) || JB_ROOT_IS_SCALAR(response))
 		ereport(ERROR,
@@ -419,6 +396,92 @@ stigg_api(PG_FUNCTION_ARGS)
 	k.val.string.len = 4;
 	data = findJsonbValueFromContainer(&response->root, JB_FOBJECT, &k);
 	if (data == NULL || data->type == jbvNull)
+		return NULL;
+	return JsonbValueToJsonb(data);
+}
+
+Jsonb *
+StiggApiTry(const char *query, const char *variables_json, StiggCallResult *res)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+	Jsonb	   *volatile data = NULL;
+
+	memset(res, 0, sizeof(*res));
+	PG_TRY();
+	{
+		data = graphql(query, variables_json);
+		if (data == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("the Stigg API answered no data")));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e;
+
+		MemoryContextSwitchTo(ctx);
+		e = CopyErrorData();
+		FlushErrorState();
+		/* an interrupt is not ours to swallow */
+		if (e->sqlerrcode == ERRCODE_QUERY_CANCELED && StiggInterruptPending())
+			res->status = STIGG_CALL_INTERRUPTED;
+		else if (e->sqlerrcode == ERRCODE_STIGG_API_ERROR)
+		{
+			res->status = STIGG_CALL_GRPC_ERROR;
+			res->grpc_code = 3;	/* INVALID_ARGUMENT: this request, not the API */
+		}
+		else if (e->sqlerrcode == ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION)
+		{
+			res->status = STIGG_CALL_GRPC_ERROR;
+			res->grpc_code = 16;	/* UNAUTHENTICATED: retried until fixed */
+		}
+		else if (e->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			res->status = STIGG_CALL_TIMEOUT;
+		else if (e->sqlerrcode == ERRCODE_CONNECTION_FAILURE)
+			res->status = STIGG_CALL_CONNECT_FAILED;
+		else if (e->sqlerrcode == ERRCODE_PROTOCOL_VIOLATION)
+			res->status = STIGG_CALL_PROTOCOL;
+		else
+			res->status = STIGG_CALL_IO_FAILED;
+		strlcpy(res->message, e->message, sizeof(res->message));
+		FreeErrorData(e);
+		data = NULL;
+	}
+	PG_END_TRY();
+	return data;
+}
+
+/* stigg_api(query text, variables jsonb DEFAULT '{}') RETURNS jsonb: data */
+Datum
+stigg_api(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *data;
+	char	   *query;
+	char	   *vars_json;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("query must not be null")));
+	query = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (query[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("query must not be empty")));
+	if (PG_ARGISNULL(1))
+		vars_json = "{}";
+	else
+	{
+		Jsonb	   *vars = PG_GETARG_JSONB_P(1);
+
+		if (!JB_ROOT_IS_OBJECT(vars) || JB_ROOT_IS_SCALAR(vars))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("variables must be a JSON object")));
+		vars_json = JsonbToCString(NULL, &vars->root, VARSIZE(vars));
+	}
+	data = graphql(query, vars_json);
+	if (data == NULL)
 		PG_RETURN_NULL();
-	PG_RETURN_JSONB_P(JsonbValueToJsonb(data));
+	PG_RETURN_JSONB_P(data);
 }

@@ -27,6 +27,13 @@ int			stigg_cache_ttl_ms = 5000;
 int			stigg_cache_size = 10000;
 bool		stigg_enforce_enabled = true;
 int			stigg_on_sidecar_error = STIGG_ON_ERROR_ERROR;
+int			stigg_usage_delivery = STIGG_DELIVERY_SIDECAR;
+
+static const struct config_enum_entry delivery_options[] = {
+	{"sidecar", STIGG_DELIVERY_SIDECAR, false},
+	{"api", STIGG_DELIVERY_API, false},
+	{NULL, 0, false}
+};
 
 static const struct config_enum_entry on_error_options[] = {
 	{"error", STIGG_ON_ERROR_ERROR, false},
@@ -201,6 +208,16 @@ StiggDefineGucs(void)
 							PGC_USERSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("stigg.usage_delivery",
+							 "How the worker delivers usage and events.",
+							 "sidecar: ReportUsageBulk and ReportEvents (at least once); api: the Stigg API's reportUsageBulk and reportEvent with an idempotency key per row (exactly once; needs the API key).",
+							 &stigg_usage_delivery,
+							 STIGG_DELIVERY_SIDECAR,
+							 delivery_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("stigg.enforce",
 							 "Whether stigg_enforce triggers check entitlements.",

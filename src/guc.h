@@ -24,6 +24,13 @@ typedef enum StiggOnError
 } StiggOnError;
 extern int	stigg_on_sidecar_error;
 
+typedef enum StiggUsageDelivery
+{
+	STIGG_DELIVERY_SIDECAR,
+	STIGG_DELIVERY_API
+} StiggUsageDelivery;
+extern int	stigg_usage_delivery;
+
 /* the Stigg API (api.c) */
 extern char *stigg_api_url;
 extern char *stigg_api_key;

@@ -33,6 +33,7 @@
 #include "postgres.h"
 
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "access/xact.h"
@@ -54,6 +55,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -63,6 +65,8 @@
 #include "common/pg_prng.h"
 #endif
 
+#include "access/xlog.h"
+#include "api.h"
 #include "args.h"
 #include "cache.h"
 #include "guc.h"
@@ -605,6 +609,199 @@ dead_letter(bool usage, QueuedRow *row, const char *error)
 	SpinLockRelease(&shared->mutex);
 }
 
+/* ---- delivery through the Stigg API, exactly once ---- */
+
+/*
+ * A row's idempotency key: the same on every retry and after any crash, and
+ * different in every cluster and database.
+ */
+static void
+append_usage_key(StringInfo buf, int64 id)
+{
+	char		key[96];
+
+	snprintf(key, sizeof(key), "pg:" UINT64_FORMAT ":%u:" INT64_FORMAT,
+			 GetSystemIdentifier(), MyDatabaseId, id);
+	escape_json(buf, key);
+}
+
+static void
+append_dimensions(StringInfo buf, size_t n, ProtobufCMessage **entries)
+{
+	appendStringInfoChar(buf, '{');
+	for (size_t i = 0; i < n; i++)
+	{
+		/* both DimensionsEntry messages: base, key, value */
+		struct
+		{
+			ProtobufCMessage base;
+			char	   *key;
+			Stigg__Sidecar__V1__EventDimensionValue *value;
+		}		   *e = (void *) entries[i];
+
+		if (i > 0)
+			appendStringInfoString(buf, ", ");
+		escape_json(buf, e->key);
+		appendStringInfoString(buf, ": ");
+		if (e->value->value_case == STIGG__SIDECAR__V1__EVENT_DIMENSION_VALUE__VALUE_STRING_VALUE)
+			escape_json(buf, e->value->string_value);
+		else if (e->value->value_case == STIGG__SIDECAR__V1__EVENT_DIMENSION_VALUE__VALUE_NUMBER_VALUE)
+			appendStringInfo(buf, "%.17g", e->value->number_value);
+		else
+			appendStringInfoString(buf, e->value->boolean_value ? "true" : "false");
+	}
+	appendStringInfoChar(buf, '}');
+}
+
+/* RFC 3339 in UTC, as the API's DateTime */
+static void
+append_time(StringInfo buf, const Google__Protobuf__Timestamp *ts)
+{
+	time_t		secs = (time_t) ts->seconds;
+	struct tm	tm;
+	char		text[64];
+
+	gmtime_r(&secs, &tm);
+	strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &tm);
+	appendStringInfo(buf, "%s.%06dZ", text, ts->nanos / 1000);
+}
+
+/* ReportUsageBulkResponse from reportUsageBulk's answer (id, currentUsage). */
+static ProtobufCMessage *
+usage_response_from(Jsonb *data, StiggCallResult *res)
+{
+	Stigg__Sidecar__V1__ReportUsageBulkResponse *resp = palloc(sizeof(*resp));
+	JsonbValue	k;
+	JsonbValue *list;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	size_t		cap = 16;
+
+	stigg__sidecar__v1__report_usage_bulk_response__init(resp);
+	resp->usages = palloc(sizeof(void *) * cap);
+	k.type = jbvString;
+	k.val.string.val = "reportUsageBulk";
+	k.val.string.len = strlen(k.val.string.val);
+	list = findJsonbValueFromContainer(&data->root, JB_FOBJECT, &k);
+	if (list == NULL || list->type != jbvBinary)
+	{
+		res->status = STIGG_CALL_PROTOCOL;
+		strlcpy(res->message, "reportUsageBulk answered no list", sizeof(res->message));
+		return NULL;
+	}
+	it = JsonbIteratorInit(list->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		Stigg__Sidecar__V1__ReportUsageResponse *u;
+		JsonbValue *f;
+
+		if (tok != WJB_ELEM || v.type != jbvBinary)
+			continue;
+		u = palloc(sizeof(*u));
+		stigg__sidecar__v1__report_usage_response__init(u);
+		k.val.string.val = "id";
+		k.val.string.len = 2;
+		f = findJsonbValueFromContainer(v.val.binary.data, JB_FOBJECT, &k);
+		u->measurement_id = (f && f->type == jbvString) ? pnstrdup(f->val.string.val, f->val.string.len) : "";
+		k.val.string.val = "currentUsage";
+		k.val.string.len = 12;
+		f = findJsonbValueFromContainer(v.val.binary.data, JB_FOBJECT, &k);
+		if (f && f->type == jbvNumeric)
+			PB_SET(u, current_usage, DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
+																	   NumericGetDatum(f->val.numeric))));
+		if (resp->n_usages == cap)
+		{
+			cap *= 2;
+			resp->usages = repalloc(resp->usages, sizeof(void *) * cap);
+		}
+		resp->usages[resp->n_usages++] = u;
+	}
+	return &resp->base;
+}
+
+static ProtobufCMessage *
+send_rows_api(bool usage, QueuedRow *rows, int from, int n, StiggCallResult *res)
+{
+	StringInfoData vars;
+	Jsonb	   *data;
+
+	initStringInfo(&vars);
+	if (usage)
+	{
+		appendStringInfoString(&vars, "{\"input\": {\"usages\": [");
+		for (int i = 0; i < n; i++)
+		{
+			Stigg__Sidecar__V1__ReportUsageRequest *u =
+				(Stigg__Sidecar__V1__ReportUsageRequest *) rows[from + i].msg;
+
+			appendStringInfoString(&vars, i > 0 ? ", {\"customerId\": " : "{\"customerId\": ");
+			escape_json(&vars, u->customer_id);
+			appendStringInfoString(&vars, ", \"featureId\": ");
+			escape_json(&vars, u->feature_id);
+			appendStringInfo(&vars, ", \"value\": %.17g, \"updateBehavior\": \"%s\", \"idempotencyKey\": ",
+							 u->value,
+							 u->update_behavior == STIGG__SIDECAR__V1__USAGE_UPDATE_BEHAVIOR__USAGE_UPDATE_BEHAVIOR_SET ? "SET" : "DELTA");
+			append_usage_key(&vars, rows[from + i].id);
+			if (PB_HAS(u, resource_id))
+			{
+				appendStringInfoString(&vars, ", \"resourceId\": ");
+				escape_json(&vars, u->resource_id);
+			}
+			if (u->n_dimensions > 0)
+			{
+				appendStringInfoString(&vars, ", \"dimensions\": ");
+				append_dimensions(&vars, u->n_dimensions, (ProtobufCMessage **) u->dimensions);
+			}
+			if (PB_HAS(u, timestamp))
+			{
+				appendStringInfoString(&vars, ", \"createdAt\": \"");
+				append_time(&vars, u->timestamp);
+				appendStringInfoChar(&vars, '"');
+			}
+			appendStringInfoChar(&vars, '}');
+		}
+		appendStringInfoString(&vars, "]}}");
+		data = StiggApiTry("mutation ReportUsageBulk($input: ReportUsageBulkInput!) {"
+						   " reportUsageBulk(input: $input) { id featureId customerId currentUsage } }",
+						   vars.data, res);
+		return data ? usage_response_from(data, res) : NULL;
+	}
+
+	appendStringInfoString(&vars, "{\"events\": {\"usageEvents\": [");
+	for (int i = 0; i < n; i++)
+	{
+		Stigg__Sidecar__V1__Event *e = (Stigg__Sidecar__V1__Event *) rows[from + i].msg;
+
+		appendStringInfoString(&vars, i > 0 ? ", {\"customerId\": " : "{\"customerId\": ");
+		escape_json(&vars, e->customer_id);
+		appendStringInfoString(&vars, ", \"eventName\": ");
+		escape_json(&vars, e->event_name);
+		appendStringInfoString(&vars, ", \"idempotencyKey\": ");
+		escape_json(&vars, e->idempotency_key);
+		appendStringInfoString(&vars, ", \"dimensions\": ");
+		append_dimensions(&vars, e->n_dimensions, (ProtobufCMessage **) e->dimensions);
+		if (PB_HAS(e, resource_id))
+		{
+			appendStringInfoString(&vars, ", \"resourceId\": ");
+			escape_json(&vars, e->resource_id);
+		}
+		if (PB_HAS(e, timestamp))
+		{
+			appendStringInfoString(&vars, ", \"timestamp\": \"");
+			append_time(&vars, e->timestamp);
+			appendStringInfoChar(&vars, '"');
+		}
+		appendStringInfoChar(&vars, '}');
+	}
+	appendStringInfoString(&vars, "]}}");
+	data = StiggApiTry("mutation ReportEvent($events: UsageEventsReportInput!) { reportEvent(events: $events) }",
+					   vars.data, res);
+	if (data == NULL)
+		return NULL;
+	return (ProtobufCMessage *) palloc(sizeof(Google__Protobuf__Empty));
+}
+
 /* Sends rows[from .. from+n); returns the response or NULL (res filled). */
 static ProtobufCMessage *
 send_rows(bool usage, QueuedRow *rows, int from, int n, StiggCallResult *res)
@@ -612,6 +809,12 @@ send_rows(bool usage, QueuedRow *rows, int from, int n, StiggCallResult *res)
 	ProtobufCMessage *resp;
 
 	in_send = true;
+	if (stigg_usage_delivery == STIGG_DELIVERY_API)
+	{
+		resp = send_rows_api(usage, rows, from, n, res);
+		in_send = false;
+		return resp;
+	}
 	if (usage)
 	{
 		Stigg__Sidecar__V1__ReportUsageBulkRequest req = STIGG__SIDECAR__V1__REPORT_USAGE_BULK_REQUEST__INIT;

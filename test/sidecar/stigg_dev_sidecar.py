@@ -130,6 +130,7 @@ class Store:
             self.usage = {}
             self.events_accepted = collections.OrderedDict()
             self.event_duplicates = 0
+            self.duplicate_usage_keys = 0
             self.measurements = []
             for cid, cust in self.customers.items():
                 for sub in cust.get("subscriptions", []):
@@ -709,7 +710,8 @@ def build_control(args, store, sidecar, faults, stop_event):
                 with store.lock:
                     out = [m for m in store.measurements
                            if all(m.get(k) == q[k][0] for k in ("customerId", "featureId") if k in q)]
-                return self.reply(200, {"count": len(out), "measurements": out})
+                return self.reply(200, {"count": len(out), "measurements": out,
+                                        "duplicateUsageKeys": store.duplicate_usage_keys})
             if url.path == "/events":
                 with store.lock:
                     return self.reply(200, {"accepted": list(store.events_accepted.values()),
@@ -771,11 +773,15 @@ class GraphQL:
     from variables, as the extension sends them.
     """
 
-    def __init__(self, store):
+    def __init__(self, store, sidecar, pb):
         self.store = store
+        self.sidecar = sidecar
+        self.pb = pb
+        self.usage_keys = {}    # idempotency key -> the first answer
 
     def run(self, query, variables):
-        for name in ("provisionCustomer", "provisionSubscription", "getCustomerByRefId"):
+        for name in ("provisionCustomer", "provisionSubscription", "getCustomerByRefId",
+                     "reportUsageBulk", "reportEvent"):
             if name + "(" in query:
                 try:
                     return {"data": {name: getattr(self, name)(variables or {})}}
@@ -836,6 +842,68 @@ class GraphQL:
                                      "plan": {"refId": plan}},
                     "entitlements": ents}
 
+    def reportUsageBulk(self, v):
+        """Usage with idempotency keys: a key seen before returns its first answer."""
+        pb = self.pb
+        usages = ((v.get("input") or {}).get("usages")) or []
+        reqs = []
+        for u in usages:
+            if not u.get("idempotencyKey"):
+                raise ValueError("idempotencyKey is required")
+            r = pb.ReportUsageRequest(customer_id=u.get("customerId") or "", feature_id=u.get("featureId") or "",
+                                      value=float(u.get("value", 0)))
+            if u.get("resourceId"):
+                r.resource_id = u["resourceId"]
+            r.update_behavior = (pb.USAGE_UPDATE_BEHAVIOR_SET if u.get("updateBehavior") == "SET"
+                                 else pb.USAGE_UPDATE_BEHAVIOR_DELTA)
+            for k, val in (u.get("dimensions") or {}).items():
+                if isinstance(val, bool):
+                    r.dimensions[k].boolean_value = val
+                elif isinstance(val, (int, float)):
+                    r.dimensions[k].number_value = val
+                else:
+                    r.dimensions[k].string_value = str(val)
+            reqs.append((u["idempotencyKey"], r))
+        out = []
+        with self.store.lock:
+            for key, r in reqs:
+                if key not in self.usage_keys:
+                    try:
+                        self.sidecar._check_usage(r)
+                    except RpcError as e:
+                        raise ValueError(e.message)
+            for key, r in reqs:
+                if key in self.usage_keys:
+                    self.store.duplicate_usage_keys += 1
+                else:
+                    resp = self.sidecar._apply_usage(r)
+                    self.usage_keys[key] = {"id": resp.measurement_id, "featureId": r.feature_id,
+                                            "customerId": r.customer_id, "currentUsage": resp.current_usage}
+                out.append(self.usage_keys[key])
+        return out
+
+    def reportEvent(self, v):
+        pb = self.pb
+        events = ((v.get("events") or {}).get("usageEvents")) or []
+        req = pb.ReportEventsRequest()
+        for e in events:
+            ev = req.events.add(event_name=e.get("eventName") or "", customer_id=e.get("customerId") or "",
+                                idempotency_key=e.get("idempotencyKey") or "")
+            if e.get("resourceId"):
+                ev.resource_id = e["resourceId"]
+            for k, val in (e.get("dimensions") or {}).items():
+                if isinstance(val, bool):
+                    ev.dimensions[k].boolean_value = val
+                elif isinstance(val, (int, float)):
+                    ev.dimensions[k].number_value = val
+                else:
+                    ev.dimensions[k].string_value = str(val)
+        try:
+            self.sidecar.ReportEvents(req, None)
+        except RpcError as e:
+            raise ValueError(e.message)
+        return True
+
     def getCustomerByRefId(self, v):
         cid = (v.get("input") or {}).get("customerId") or v.get("customerId") or v.get("id")
         cust = self.store.customers.get(cid)
@@ -844,11 +912,11 @@ class GraphQL:
         return {"customerId": cid, "name": cust.get("name"), "email": cust.get("email")}
 
 
-def build_api(args, store, faults):
+def build_api(args, store, sidecar, faults, pb):
     import ssl
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    gql = GraphQL(store)
+    gql = GraphQL(store, sidecar, pb)
 
     class Api(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -952,7 +1020,7 @@ def main():
         server, port, sidecar, faults = build_server(args, store, pb)
         stop_event = threading.Event()
         httpd = build_control(args, store, sidecar, faults, stop_event)
-        api = build_api(args, store, faults)
+        api = build_api(args, store, sidecar, faults, pb)
     except BaseException as e:
         msg = "stigg-dev-sidecar: failed to start: %s\n" % e
         (ready_w or sys.stderr).write(msg)
