@@ -408,41 +408,6 @@ RETURNS jsonb
 AS 'MODULE_PATHNAME', 'stigg_api'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
-CREATE FUNCTION stigg_provision_customer(customer_id text, name text DEFAULT NULL,
-                                         email text DEFAULT NULL, plan_id text DEFAULT NULL,
-                                         billing_period text DEFAULT NULL,
-                                         metadata jsonb DEFAULT NULL)
-RETURNS jsonb
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF customer_id IS NULL THEN
-        RAISE EXCEPTION 'customer_id must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF plan_id IS NULL AND billing_period IS NOT NULL THEN
-        RAISE EXCEPTION 'billing_period needs a plan_id' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- what the customer is entitled to changes: forget what is cached
-    PERFORM @extschema@.stigg_cache_invalidate(customer_id);
-    RETURN @extschema@.stigg_api(
-        'mutation ProvisionCustomer($input: ProvisionCustomerInput!) {
-           provisionCustomer(input: $input) {
-             customer { customerId name email }
-             subscriptionDecisionStrategy
-             subscription { subscriptionId status plan { refId } }
-           }
-         }',
-        jsonb_build_object('input', jsonb_strip_nulls(jsonb_build_object(
-            'customerId', customer_id, 'name', name, 'email', email,
-            'additionalMetaData', metadata,
-            'subscriptionParams', CASE WHEN plan_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
-                'planId', plan_id,
-                'billingPeriod', @extschema@.stigg_billing_period(billing_period))) END))))
-        -> 'provisionCustomer';
-END
-$$;
-
 -- 'monthly' / 'annually' in any case, as the API's enum
 CREATE FUNCTION stigg_billing_period(period text)
 RETURNS text
@@ -460,13 +425,41 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION stigg_provision_subscription(customer_id text, plan_id text,
-                                             billing_period text DEFAULT 'monthly',
-                                             unit_quantity float8 DEFAULT NULL,
-                                             resource_id text DEFAULT NULL,
-                                             addons jsonb DEFAULT NULL)
-RETURNS jsonb
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+-- The two provisioning operations, their GraphQL and their variables,
+-- shared by the immediate functions and the ones that run after commit.
+CREATE FUNCTION stigg.provision_customer_request(customer_id text, name text, email text,
+                                                 plan_id text, billing_period text, metadata jsonb,
+                                                 OUT query text, OUT variables jsonb)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF customer_id IS NULL THEN
+        RAISE EXCEPTION 'customer_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF plan_id IS NULL AND billing_period IS NOT NULL THEN
+        RAISE EXCEPTION 'billing_period needs a plan_id' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    query := 'mutation ProvisionCustomer($input: ProvisionCustomerInput!) {
+                provisionCustomer(input: $input) {
+                  customer { customerId name email }
+                  subscriptionDecisionStrategy
+                  subscription { subscriptionId status plan { refId } }
+                }
+              }';
+    variables := jsonb_build_object('input', jsonb_strip_nulls(jsonb_build_object(
+        'customerId', customer_id, 'name', name, 'email', email,
+        'additionalMetaData', metadata,
+        'subscriptionParams', CASE WHEN plan_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
+            'planId', plan_id,
+            'billingPeriod', @extschema@.stigg_billing_period(billing_period))) END)));
+END
+$$;
+
+CREATE FUNCTION stigg.provision_subscription_request(customer_id text, plan_id text, billing_period text,
+                                                     unit_quantity float8, resource_id text, addons jsonb,
+                                                     OUT query text, OUT variables jsonb)
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -480,20 +473,119 @@ BEGIN
         RAISE EXCEPTION 'addons must be a JSON array of {"addonId": ..., "quantity": ...}'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    query := 'mutation ProvisionSubscription($input: ProvisionSubscriptionInput!) {
+                provisionSubscription(input: $input) {
+                  status checkoutUrl
+                  subscription { subscriptionId status resource { resourceId } plan { refId } }
+                  entitlements { feature { refId } hasAccess usageLimit }
+                }
+              }';
+    variables := jsonb_build_object('input', jsonb_strip_nulls(jsonb_build_object(
+        'customerId', customer_id, 'planId', plan_id,
+        'billingPeriod', @extschema@.stigg_billing_period(billing_period),
+        'unitQuantity', unit_quantity, 'resourceId', resource_id, 'addons', addons)));
+END
+$$;
+
+CREATE FUNCTION stigg_provision_customer(customer_id text, name text DEFAULT NULL,
+                                         email text DEFAULT NULL, plan_id text DEFAULT NULL,
+                                         billing_period text DEFAULT NULL,
+                                         metadata jsonb DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    r := stigg.provision_customer_request(customer_id, name, email, plan_id, billing_period, metadata);
+    -- what the customer is entitled to changes: forget what is cached
     PERFORM @extschema@.stigg_cache_invalidate(customer_id);
-    RETURN @extschema@.stigg_api(
-        'mutation ProvisionSubscription($input: ProvisionSubscriptionInput!) {
-           provisionSubscription(input: $input) {
-             status checkoutUrl
-             subscription { subscriptionId status resource { resourceId } plan { refId } }
-             entitlements { feature { refId } hasAccess usageLimit }
-           }
-         }',
-        jsonb_build_object('input', jsonb_strip_nulls(jsonb_build_object(
-            'customerId', customer_id, 'planId', plan_id,
-            'billingPeriod', @extschema@.stigg_billing_period(billing_period),
-            'unitQuantity', unit_quantity, 'resourceId', resource_id, 'addons', addons))))
-        -> 'provisionSubscription';
+    RETURN @extschema@.stigg_api(r.query, r.variables) -> 'provisionCustomer';
+END
+$$;
+
+CREATE FUNCTION stigg_provision_subscription(customer_id text, plan_id text,
+                                             billing_period text DEFAULT 'monthly',
+                                             unit_quantity float8 DEFAULT NULL,
+                                             resource_id text DEFAULT NULL,
+                                             addons jsonb DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    r := stigg.provision_subscription_request(customer_id, plan_id, billing_period,
+                                              unit_quantity, resource_id, addons);
+    PERFORM @extschema@.stigg_cache_invalidate(customer_id);
+    RETURN @extschema@.stigg_api(r.query, r.variables) -> 'provisionSubscription';
+END
+$$;
+
+-- ---- provisioning after commit, for triggers ----
+--
+-- The *_after_commit functions queue the operation in the caller's
+-- transaction; the worker runs it once that commits (never if it rolls
+-- back) and records the outcome here.
+CREATE TABLE stigg.provisioning (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    operation text NOT NULL CHECK (operation IN ('provisionCustomer', 'provisionSubscription')),
+    customer_id text NOT NULL,
+    query text NOT NULL,
+    variables jsonb NOT NULL,
+    state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+    attempts integer NOT NULL DEFAULT 0,
+    result jsonb,
+    error text,
+    enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    done_at timestamptz
+);
+CREATE INDEX provisioning_pending ON stigg.provisioning (id) WHERE state = 'pending';
+SELECT pg_catalog.pg_extension_config_dump('stigg.provisioning', '');
+REVOKE ALL ON stigg.provisioning FROM PUBLIC;
+GRANT SELECT ON stigg.provisioning TO pg_monitor;
+
+CREATE FUNCTION stigg_provision_customer_after_commit(customer_id text, name text DEFAULT NULL,
+                                                      email text DEFAULT NULL, plan_id text DEFAULT NULL,
+                                                      billing_period text DEFAULT NULL,
+                                                      metadata jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    queued bigint;
+BEGIN
+    r := stigg.provision_customer_request(customer_id, name, email, plan_id, billing_period, metadata);
+    INSERT INTO stigg.provisioning (operation, customer_id, query, variables)
+    VALUES ('provisionCustomer', customer_id, r.query, r.variables) RETURNING id INTO queued;
+    PERFORM stigg.wake_worker_at_commit();
+    RETURN queued;
+END
+$$;
+
+CREATE FUNCTION stigg_provision_subscription_after_commit(customer_id text, plan_id text,
+                                                          billing_period text DEFAULT 'monthly',
+                                                          unit_quantity float8 DEFAULT NULL,
+                                                          resource_id text DEFAULT NULL,
+                                                          addons jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    queued bigint;
+BEGIN
+    r := stigg.provision_subscription_request(customer_id, plan_id, billing_period,
+                                              unit_quantity, resource_id, addons);
+    INSERT INTO stigg.provisioning (operation, customer_id, query, variables)
+    VALUES ('provisionSubscription', customer_id, r.query, r.variables) RETURNING id INTO queued;
+    PERFORM stigg.wake_worker_at_commit();
+    RETURN queued;
 END
 $$;
 
@@ -501,3 +593,5 @@ $$;
 REVOKE ALL ON FUNCTION stigg_api(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION stigg_provision_customer(text, text, text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION stigg_provision_subscription(text, text, text, float8, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stigg_provision_customer_after_commit(text, text, text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stigg_provision_subscription_after_commit(text, text, text, float8, text, jsonb) FROM PUBLIC;

@@ -929,13 +929,93 @@ deliver_batch(bool usage)
 	return n;
 }
 
+/*
+ * Runs the oldest queued provisioning (stigg_provision_*_after_commit) and
+ * records its outcome. Returns 1 when it settled one, 0 when none waits, -1
+ * when the API failed in a way worth retrying. A crash between the API's
+ * answer and the record runs it again; provisioning the same customer or
+ * subscription twice leaves Stigg as once.
+ */
+static int
+deliver_provisioning(void)
+{
+	StiggCallResult res;
+	Jsonb	   *data;
+	char	   *query;
+	char	   *variables;
+	char	   *customer;
+	int64		id;
+	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+
+	begin_tx("claiming provisioning");
+	exec_or_fail("UPDATE stigg.provisioning SET attempts = attempts + 1"
+				 " WHERE id = (SELECT id FROM stigg.provisioning WHERE state = 'pending'"
+				 "             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+				 " RETURNING id, query, variables::text, customer_id",
+				 0, NULL, NULL, NULL, SPI_OK_UPDATE_RETURNING);
+	if (SPI_processed == 0)
+	{
+		end_tx();
+		return 0;
+	}
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		MemoryContext old = MemoryContextSwitchTo(batch_ctx);
+
+		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		query = SPI_getvalue(tup, desc, 2);
+		variables = SPI_getvalue(tup, desc, 3);
+		customer = SPI_getvalue(tup, desc, 4);
+		MemoryContextSwitchTo(old);
+	}
+	end_tx();
+
+	set_state("provisioning");
+	in_send = true;
+	data = StiggApiTry(query, variables, &res);
+	in_send = false;
+	if (data == NULL && StiggCallIsRetryable(&res))
+	{
+		record_error(StiggDescribeCall("provisioning", &res));
+		return -1;
+	}
+	values[0] = Int64GetDatum(id);
+	if (data != NULL)
+	{
+		values[1] = CStringGetTextDatum(JsonbToCString(NULL, &data->root, VARSIZE(data)));
+		nulls[2] = 'n';
+		values[2] = (Datum) 0;
+	}
+	else
+	{
+		nulls[1] = 'n';
+		values[1] = (Datum) 0;
+		values[2] = CStringGetTextDatum(StiggDescribeCall("provisioning", &res));
+	}
+	begin_tx("recording provisioning");
+	exec_or_fail("UPDATE stigg.provisioning SET state = CASE WHEN $2 IS NULL THEN 'failed' ELSE 'done' END,"
+				 " result = $2::jsonb, error = $3, done_at = clock_timestamp() WHERE id = $1",
+				 3, types, values, nulls, SPI_OK_UPDATE);
+	end_tx();
+	/* what the customer is entitled to may have changed */
+	StiggCacheInvalidate(customer);
+	return 1;
+}
+
 static RunOutcome
 deliver_all(void)
 {
+	static TimestampTz provisioning_retry_at = 0;
+
 	for (;;)
 	{
 		int			nu;
 		int			ne;
+		int			np = 0;
 
 		MemoryContext old;
 
@@ -946,7 +1026,17 @@ deliver_all(void)
 		MemoryContextSwitchTo(old);
 		if (nu < 0 || ne < 0)
 			return RUN_BACKOFF;
-		if ((nu == 0 && ne == 0) || got_sigterm)
+		if (nu == 0 && ne == 0 && !got_sigterm && GetCurrentTimestamp() >= provisioning_retry_at)
+		{
+			/* its failures (no API key, say) never hold up usage */
+			old = MemoryContextSwitchTo(batch_ctx);
+			np = deliver_provisioning();
+			MemoryContextSwitchTo(old);
+			if (np < 0)
+				provisioning_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																	stigg_retry_max_delay_ms);
+		}
+		if ((nu == 0 && ne == 0 && np <= 0) || got_sigterm)
 			return RUN_DONE;
 		if (ConfigReloadPending)
 		{

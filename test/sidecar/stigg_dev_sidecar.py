@@ -131,6 +131,7 @@ class Store:
             self.events_accepted = collections.OrderedDict()
             self.event_duplicates = 0
             self.duplicate_usage_keys = 0
+            self.api_calls = collections.Counter()
             self.measurements = []
             for cid, cust in self.customers.items():
                 for sub in cust.get("subscriptions", []):
@@ -690,7 +691,8 @@ def build_control(args, store, sidecar, faults, stop_event):
             if url.path == "/stats":
                 with sidecar.stats_lock:
                     return self.reply(200, {"calls": dict(sidecar.calls),
-                                            "peers": sorted(sidecar.peers)})
+                                            "peers": sorted(sidecar.peers),
+                                            "apiCalls": dict(store.api_calls)})
             if url.path == "/received":
                 method = q.get("method", [None])[0]
                 with sidecar.stats_lock:
@@ -783,6 +785,8 @@ class GraphQL:
         for name in ("provisionCustomer", "provisionSubscription", "getCustomerByRefId",
                      "reportUsageBulk", "reportEvent"):
             if name + "(" in query:
+                with self.store.lock:
+                    self.store.api_calls[name] += 1
                 try:
                     return {"data": {name: getattr(self, name)(variables or {})}}
                 except ValueError as e:

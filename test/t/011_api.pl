@@ -93,6 +93,24 @@ like($err, qr/57014: the Stigg API at .* did not answer within 300 ms/, 'stigg.a
 ($out, $err) = run(q{SET stigg.api_url = 'http://127.0.0.1:1'; SELECT stigg_api('query { x }')});
 like($err, qr/08006: could not reach the Stigg API at http:\/\/127.0.0.1:1\/graphql/, 'the API down: 08006');
 
+# ---- provisioning after commit: a rollback provisions nothing, a commit once
+{
+	sql(q{BEGIN; SELECT stigg_provision_customer_after_commit('customer-tx-1', 'One', plan_id => 'plan-revvenu-free'); ROLLBACK;});
+	my $done = sql(q{BEGIN; SELECT stigg_provision_customer_after_commit('customer-tx-2', 'Two', plan_id => 'plan-revvenu-free'); COMMIT;});
+	sql(q{SELECT stigg_provision_subscription_after_commit('customer-tx-2', 'plan-nope')});
+	$node->poll_query_until('postgres', q{SELECT count(*) = 2 FROM stigg.provisioning WHERE state <> 'pending'})
+	  or die 'provisioning did not run';
+	is(sql(q{SELECT count(*) FROM stigg.provisioning WHERE customer_id = 'customer-tx-1'}), '0', 'a rolled-back request leaves no row');
+	is(sql(q{SELECT state || ' ' || (result #>> '{provisionCustomer,customer,name}') FROM stigg.provisioning WHERE customer_id = 'customer-tx-2' AND operation = 'provisionCustomer'}),
+		'done Two', 'the committed one ran, its result recorded');
+	like(sql(q{SELECT state || ': ' || error FROM stigg.provisioning WHERE operation = 'provisionSubscription'}),
+		qr/^failed: .*Plan not found: plan-nope/, 'a refused one is recorded with the reason');
+	is(sql(q{SELECT stigg_has_access('customer-tx-2', 'feature-04-analytics'), stigg_has_access('customer-tx-1', 'feature-04-analytics')}),
+		't|f', 'the committed customer has the plan; the rolled-back one does not exist');
+	my $calls = $sc->stats->{apiCalls};
+	is($calls->{provisionCustomer}, 2, 'provisionCustomer ran once for the commit (and once earlier in this test)');
+}
+
 # ---- the key is invisible to everyone else
 sql(q{CREATE ROLE app LOGIN; CREATE ROLE reader LOGIN; GRANT pg_read_all_settings TO reader;
       GRANT EXECUTE ON FUNCTION stigg_api(text, jsonb) TO app});
