@@ -783,7 +783,7 @@ class GraphQL:
 
     def run(self, query, variables):
         for name in ("provisionCustomer", "provisionSubscription", "getCustomerByRefId",
-                     "reportUsageBulk", "reportEvent"):
+                     "reportUsageBulk", "reportUsage", "reportEvent"):
             if name + "(" in query:
                 with self.store.lock:
                     self.store.api_calls[name] += 1
@@ -885,6 +885,10 @@ class GraphQL:
                                             "customerId": r.customer_id, "currentUsage": resp.current_usage}
                 out.append(self.usage_keys[key])
         return out
+
+    def reportUsage(self, v):
+        """One usage, deduplicated by its idempotency key like the bulk form."""
+        return self.reportUsageBulk({"input": {"usages": [v.get("input") or {}]}})[0]
 
     def reportEvent(self, v):
         pb = self.pb

@@ -45,6 +45,17 @@ is(sql(q{SELECT stigg_get_numeric_entitlement('customer-new', 'feature-06-max-fi
 is(sql(q{SELECT stigg_api('query Get($id: String!) { getCustomerByRefId(input: {customerId: $id}) { customerId name } }',
                           '{"id": "customer-new"}') #>> '{getCustomerByRefId,name}'}), 'Acme', 'stigg_api with variables');
 
+# ---- the dev API deduplicates usage by idempotency key
+{
+	my $q = q{SELECT stigg_api('mutation R($input: ReportUsageInput!) { reportUsage(input: $input) { id currentUsage } }',
+	                           '{"input": {"customerId": "customer-enterprise", "featureId": "feature-02-campaigns",
+	                                       "value": 5, "idempotencyKey": "key-7"}}')->'reportUsage'};
+	my $first = sql($q);
+	my $again = sql($q);
+	is($again, $first, 'the same key twice: the first answer, once');
+	like($first, qr/"currentUsage": 5/, 'applied once');
+}
+
 # ---- bad input, GraphQL errors, a wrong key
 my ($out, $err) = run(q{SELECT stigg_provision_subscription('customer-new', 'plan-revvenu-free', 'weekly')});
 like($err, qr/22023: invalid billing_period "weekly"/, 'a bad billing period');
