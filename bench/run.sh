@@ -29,18 +29,11 @@ gcc -O2 -std=gnu99 -I"$SRC/src/gen" -o "$WORK/grpc_core_client" "$SRC/bench/grpc
 	$(pkg-config --cflags --libs grpc) -lprotobuf-c
 
 start_sidecar "$WORK/test/sidecar/demo-catalog.json" "$WORK/sidecar.log"
-"${RUN_AS[@]}" "$PG_BINDIR/initdb" -D "$WORK/data" -A trust -U postgres >/dev/null
-cat >> "$WORK/data/postgresql.conf" <<CONF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-stigg.sidecar_host = 'localhost'
-stigg.sidecar_port = $SIDECAR_GRPC_PORT
+start_cluster "$WORK" "$PORT" <<CONF
 shared_preload_libraries = 'stigg'
 stigg.database = 'postgres'
 stigg.batch_size = 1000
 CONF
-"${RUN_AS[@]}" "$PG_BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w start >/dev/null
 PSQL=("${RUN_AS[@]}" "$PG_BINDIR/psql" -X -q -A -t -h "$WORK" -p "$PORT" -U postgres -d postgres)
 "${PSQL[@]}" -c "CREATE EXTENSION stigg"
 

@@ -44,3 +44,22 @@ stop_sidecar() {
 	[ -n "${SIDECAR_PID:-}" ] && kill "$SIDECAR_PID" 2>/dev/null || true
 	SIDECAR_PID=
 }
+
+# Creates and starts a throwaway cluster in DIR/data on PORT, reached by its
+# Unix socket in DIR, pointed at the dev sidecar started by start_sidecar;
+# further postgresql.conf lines come on standard input.
+start_cluster() {
+	local dir=$1 port=$2
+	"${RUN_AS[@]}" "$PG_BINDIR/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
+	{
+		cat <<CONF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$dir'
+stigg.sidecar_host = 'localhost'
+stigg.sidecar_port = $SIDECAR_GRPC_PORT
+CONF
+		cat
+	} >> "$dir/data/postgresql.conf"
+	"${RUN_AS[@]}" "$PG_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w start >/dev/null
+}

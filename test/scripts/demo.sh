@@ -30,15 +30,7 @@ SIDECAR_STAGED="$DEMO/test/sidecar/stigg_dev_sidecar.py"
 start_sidecar "$DEMO/test/sidecar/demo-catalog.json" "$DEMO/sidecar.log"
 echo "$SIDECAR_PID" > "$DEMO/sidecar.pid"
 
-"${RUN_AS[@]}" "$PG_BINDIR/initdb" -D "$DEMO/data" -A trust -U postgres >/dev/null
-cat >> "$DEMO/data/postgresql.conf" <<CONF
-port = $PGPORT_DEMO
-listen_addresses = ''
-unix_socket_directories = '$DEMO'
-stigg.sidecar_host = 'localhost'
-stigg.sidecar_port = $SIDECAR_GRPC_PORT
-CONF
-"${RUN_AS[@]}" "$PG_BINDIR/pg_ctl" -D "$DEMO/data" -l "$DEMO/postgres.log" -w start >/dev/null
+start_cluster "$DEMO" "$PGPORT_DEMO" </dev/null
 
 PSQL=("${RUN_AS[@]}" "$PG_BINDIR/psql" -X -h "$DEMO" -p "$PGPORT_DEMO" -U postgres -d postgres)
 "${PSQL[@]}" -q -c "CREATE EXTENSION stigg"
